@@ -1,0 +1,215 @@
+"""What every nnunet-ext trainer shares: extra state beside the plans network, checkpoints, logging.
+
+``self.network`` stays exactly the network the plans describe. Modules a method adds (teachers, heads,
+mask values) are registered with :meth:`nnUNetTrainerExtBase.register_extra_module` and live beside it;
+they are saved under the checkpoint key ``nnunet_ext`` and restored on ``--c``, while ``network_weights``
+keeps nnU-Net's format so stock ``nnUNetv2_predict`` and ``-pretrained_weights`` work unchanged.
+"""
+import os
+from typing import Dict, List
+
+import numpy as np
+import torch
+from torch import autocast, nn
+from torch import distributed as dist
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.helpers import dummy_context
+
+from nnunet_ext import __version__
+from nnunet_ext.ema import unwrap_module
+from nnunet_ext.errors import UserInputError
+from nnunet_ext.plotting import plot_extra_progress
+
+CHECKPOINT_KEY = "nnunet_ext"
+
+
+class nnUNetTrainerExtBase(nnUNetTrainer):
+    """nnU-Net trainer with extra modules, extra per-epoch log values and a recorded set of hyperparameters.
+
+    Subclasses list their per-step values in ``extra_log_keys`` (each returned by ``train_step`` and logged as
+    the epoch mean), and their method hyperparameters in :meth:`method_hyperparameters`.
+    """
+
+    extra_log_keys: tuple = ()
+    extra_plot_name = "progress_nnunet_ext.png"
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.global_step = 0
+        self.restored_from_checkpoint = False
+        self._extra_modules: Dict[str, nn.Module] = {}
+        for key in self.extra_log_keys:
+            # nnU-Net's logger only accepts registered keys; they go into its checkpoint with the rest
+            self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+
+    # ---------------------------------------------------------------- hyperparameters
+    def method_hyperparameters(self) -> dict:
+        """The method's hyperparameters (written to the log, the logger config and every checkpoint)."""
+        return {}
+
+    def initialize(self):
+        self._check_preprocessed_data()
+        super().initialize()
+        hyperparameters = self.method_hyperparameters()
+        self.print_to_log_file(f"{self.__class__.__name__} (nnunet-ext {__version__}) hyperparameters: "
+                               f"{hyperparameters}")
+        self.logger.update_config({"nnunet_ext": hyperparameters})
+
+    def _check_preprocessed_data(self):
+        if self.preprocessed_dataset_folder is not None and not os.path.isdir(self.preprocessed_dataset_folder):
+            dataset = self.plans_manager.dataset_name
+            raise UserInputError(
+                f"No preprocessed data for configuration '{self.configuration_name}' of {dataset}: "
+                f"{self.preprocessed_dataset_folder} does not exist. Run nnUNetv2_preprocess -d {dataset} "
+                f"-c {self.configuration_name} -plans_name {self.plans_manager.plans_name} (for a preset "
+                f"configuration: preprocess the configuration it inherits from).")
+
+    # ---------------------------------------------------------------- extra modules
+    def register_extra_module(self, name: str, module: nn.Module) -> nn.Module:
+        """Keep ``module`` beside the network: moved to the device, saved and restored with checkpoints."""
+        module = module.to(self.device)
+        self._extra_modules[name] = module
+        setattr(self, name, module)
+        return module
+
+    @property
+    def unwrapped_network(self) -> nn.Module:
+        return unwrap_module(self.network)
+
+    def trainable_extra_parameters(self) -> List[nn.Parameter]:
+        """Parameters of extra modules that the optimiser trains (default: none)."""
+        return []
+
+    def add_extra_parameters_to_optimizer(self):
+        params = [p for p in self.trainable_extra_parameters() if p.requires_grad]
+        if params:
+            # nnU-Net's PolyLRScheduler sets the learning rate of every param group, so this one follows it
+            self.optimizer.add_param_group({"params": params, "weight_decay": 0.0})
+
+    # ---------------------------------------------------------------- one optimiser step
+    def autocast_context(self):
+        """nnU-Net's rule: autocast on CUDA only."""
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def optimizer_step(self, loss: torch.Tensor):
+        """Backward, clip and step exactly as nnU-Net's ``train_step`` does, for network and extra parameters."""
+        extra = [p for p in self.trainable_extra_parameters() if p.requires_grad]
+        params = list(self.network.parameters()) + extra
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self._sync_extra_gradients(extra)
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            self._sync_extra_gradients(extra)
+            torch.nn.utils.clip_grad_norm_(params, 12)
+            self.optimizer.step()
+        self.global_step += 1
+
+    def _sync_extra_gradients(self, params):
+        # DDP averages the network's gradients only; parameters beside it are averaged here so that every
+        # rank takes the same step
+        if self.is_ddp:
+            world_size = dist.get_world_size()
+            for p in params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world_size
+
+    @staticmethod
+    def to_device(tensor_or_list, device):
+        if isinstance(tensor_or_list, list):
+            return [t.to(device, non_blocking=True) for t in tensor_or_list]
+        return tensor_or_list.to(device, non_blocking=True)
+
+    # ---------------------------------------------------------------- logging
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        if not self.extra_log_keys:
+            return
+        collated = collate_outputs(train_outputs)
+        for key in self.extra_log_keys:
+            value = float(np.mean(collated[key]))
+            if self.is_ddp:
+                values = [None] * dist.get_world_size()
+                dist.all_gather_object(values, value)
+                value = float(np.mean(values))
+            self.logger.log(key, value, self.current_epoch)
+
+    def on_epoch_end(self):
+        if self.extra_log_keys:
+            self.print_to_log_file(", ".join(
+                f"{key} {np.round(self.logger.get_value(key, step=-1), decimals=4)}"
+                for key in self.extra_log_keys))
+        super().on_epoch_end()
+        if self.local_rank == 0 and self.extra_log_keys:
+            logged = {k: self.logger.get_value(k, step=None) for k in self.extra_log_keys}
+            plot_extra_progress(logged, os.path.join(self.output_folder, self.extra_plot_name),
+                                title=self.__class__.__name__)
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint plus the extra state, written atomically (temporary file, then rename)."""
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = {
+            "network_weights": self.unwrapped_network.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            CHECKPOINT_KEY: {
+                "version": __version__,
+                "trainer_name": self.__class__.__name__,
+                "hyperparameters": self.method_hyperparameters(),
+                "global_step": self.global_step,
+                "modules": {name: unwrap_module(m).state_dict() for name, m in self._extra_modules.items()},
+            },
+        }
+        tmp = filename + ".tmp"
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if not isinstance(filename_or_checkpoint, str):
+            raise TypeError("nnunet-ext trainers load checkpoints from a file path")
+        if not self.was_initialized:
+            self.initialize()
+        # mmap: only the few extra tensors are read here; nnU-Net's own loader reads the rest (2.8.1 cannot
+        # be handed an already loaded dict)
+        checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        self._check_checkpoint_origin(checkpoint, filename_or_checkpoint)
+        super().load_checkpoint(filename_or_checkpoint)
+        extra = checkpoint[CHECKPOINT_KEY]
+        for name, module in self._extra_modules.items():
+            if name not in extra["modules"]:
+                raise UserInputError(f"Checkpoint {filename_or_checkpoint} has no state for '{name}'; it was "
+                                     f"written by a different version or variant of {self.__class__.__name__}.")
+            unwrap_module(module).load_state_dict(extra["modules"][name])
+        self.global_step = int(extra["global_step"])
+        self.restored_from_checkpoint = True
+        self.print_to_log_file(f"Restored {sorted(self._extra_modules)} and global step {self.global_step} "
+                               f"from {filename_or_checkpoint}")
+
+    def _check_checkpoint_origin(self, checkpoint: dict, filename: str):
+        mine = self.__class__.__name__
+        theirs = checkpoint.get("trainer_name")
+        if theirs != mine or CHECKPOINT_KEY not in checkpoint:
+            raise UserInputError(
+                f"Checkpoint {filename} was written by trainer '{theirs}', not by '{mine}', so '{mine}' cannot "
+                f"continue it. To continue that run use -tr {theirs}; to start from its weights use "
+                f"nnUNetv2_train ... -tr {mine} -pretrained_weights {filename} (without --c); or move the "
+                f"file out of {os.path.dirname(filename)} to start afresh.")
