@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny generated phantom dataset, planned and preprocessed by nnU-Net's own commands."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+BIN = os.path.dirname(sys.executable)
+TEST_TRAINERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ext_trainers")
+DATASET_ID = 501
+DATASET_NAME = "Dataset501_Phantom"
+
+
+def nnunet_env(paths: dict, training: bool = False, extra_trainer_dirs=()) -> dict:
+    """Environment for nnU-Net's commands: its three folders, our trainers, one export worker.
+
+    ``nnUNet_n_proc_DA=0`` (in-process augmentation) is set for training only: planning crashes with it.
+    """
+    from nnunet_ext.env import extended_trainer_path
+
+    env = dict(os.environ)
+    for key in ("nnUNet_n_proc_DA", "nnUNet_extTrainer"):
+        env.pop(key, None)
+    env.update({
+        "nnUNet_raw": paths["raw"],
+        "nnUNet_preprocessed": paths["preprocessed"],
+        "nnUNet_results": paths["results"],
+        "nnUNet_def_n_proc": "1",
+        "nnUNet_compile": "f",
+    })
+    user_dirs = os.pathsep.join(extra_trainer_dirs) if extra_trainer_dirs else None
+    env["nnUNet_extTrainer"] = extended_trainer_path(user_dirs)
+    if training:
+        env["nnUNet_n_proc_DA"] = "0"
+    return env
+
+
+def run_command(args, env, timeout=600, check=True) -> subprocess.CompletedProcess:
+    """Run one of nnU-Net's (or our) console commands from this interpreter's bin folder."""
+    cmd = [os.path.join(BIN, args[0])] + [str(a) for a in args[1:]]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_planned_dataset(tmp_path_factory):
+    """Phantom dataset 501 (6 training + 2 test cases of 24x48x48), planned for 3d_fullres, with 3d_tiny added.
+
+    Returns a dict with 'raw', 'preprocessed', 'results' (folders), 'dataset_id', 'dataset_name'.
+    """
+    from nnunet_ext.phantom import generate_dataset
+
+    root = tmp_path_factory.mktemp("nnunet")
+    paths = {key: str(root / key) for key in ("raw", "preprocessed", "results")}
+    for folder in paths.values():
+        os.makedirs(folder)
+    generate_dataset(paths["raw"], dataset_id=DATASET_ID, dataset_name="Phantom", num_train=6, num_test=2,
+                     shape=(24, 48, 48), seed=0, progress=False)
+    env = nnunet_env(paths)
+    run_command(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "3d_fullres", "-np", "2",
+                 "--verify_dataset_integrity"], env)
+    run_command(["nnUNetv2_ext_add_preset", "-d", DATASET_ID, "-preset", "3d_tiny"], env)
+    return dict(paths, dataset_id=DATASET_ID, dataset_name=DATASET_NAME)
