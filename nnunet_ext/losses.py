@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["softmax_mse", "softmax_kl"]
+__all__ = ["softmax_mse", "softmax_kl", "sigmoid_mse"]
 
 
 def _check_shapes(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
@@ -52,3 +52,17 @@ def softmax_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> to
     log_p_teacher = F.log_softmax(teacher_logits.detach().float(), dim=1)
     # log-space difference avoids log(0) where the teacher is certain
     return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1).mean()
+
+
+def sigmoid_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of per-channel sigmoid probabilities (region-based training, overlapping labels).
+
+    Args:
+        student_logits: ``(B, R, *spatial)`` logits that receive gradients.
+        teacher_logits: logits of the same shape; detached, no gradient reaches them.
+
+    Returns:
+        Scalar float32 tensor: mean over all elements of ``(sigmoid(s) - sigmoid(t))**2``.
+    """
+    _check_shapes(student_logits, teacher_logits)
+    return (torch.sigmoid(student_logits.float()) - torch.sigmoid(teacher_logits.detach().float())).pow(2).mean()

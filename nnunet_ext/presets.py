@@ -210,7 +210,7 @@ def add_preset(dataset: str, preset_name: str, plans_identifier: str = "nnUNetPl
                 f"{plans_file} already has a different '{name}' configuration from an earlier preset. Pass "
                 f"--overwrite to replace it (results trained with it keep their own copy of the plans).")
 
-    backup = f"{plans_file}.{datetime.now():%Y%m%d_%H%M%S}.bak"
+    backup = f"{plans_file}.{datetime.now():%Y%m%d_%H%M%S_%f}.bak"
     shutil.copy2(plans_file, backup)
     plans["configurations"][name] = new_configuration
     tmp = plans_file + ".tmp"

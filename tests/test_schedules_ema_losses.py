@@ -203,3 +203,19 @@ def test_softmax_kl_gradient_matches_hand_computation():
     softmax_kl(s, t).backward()
     expected = (torch.softmax(s.detach(), 1) - torch.softmax(t, 1)) / 8
     torch.testing.assert_close(s.grad, expected)
+
+
+def test_sigmoid_mse_matches_numpy_and_leaves_teacher_without_gradient():
+    from scipy.special import expit
+
+    from nnunet_ext.losses import sigmoid_mse
+
+    g = torch.Generator().manual_seed(3)
+    student = torch.randn(2, 3, 4, 5, generator=g, requires_grad=True)
+    teacher = torch.randn(2, 3, 4, 5, generator=g, requires_grad=True)
+    expected = np.mean((expit(student.detach().numpy()) - expit(teacher.detach().numpy())) ** 2)
+    loss = sigmoid_mse(student, teacher)
+    assert abs(loss.item() - expected) < 1e-6
+    loss.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert teacher.grad is None

@@ -15,7 +15,7 @@ import torch
 
 from nnunet_ext.ema import ema_update_, make_teacher, unwrap_module
 from nnunet_ext.errors import UserInputError
-from nnunet_ext.losses import softmax_kl, softmax_mse
+from nnunet_ext.losses import sigmoid_mse, softmax_kl, softmax_mse
 from nnunet_ext.masking import (LearnableMaskValue, block_mask, check_mask_config, default_cell_size,
                                 mixed_organ_block_mask, tube_mask)
 from nnunet_ext.schedules import cosine_momentum, gaussian_rampup
@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 _CONTEXT_LOSSES = {"mse": softmax_mse, "kl": softmax_kl}
+# region-based training (overlapping labels) has sigmoid outputs, one per region
+_REGION_CONTEXT_LOSSES = {"mse": sigmoid_mse}
 
 
 def _full_resolution(output):
@@ -119,6 +121,13 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
         if self.context_loss not in _CONTEXT_LOSSES:
             raise UserInputError(f"{self.__class__.__name__}: context_loss must be one of "
                                  f"{sorted(_CONTEXT_LOSSES)}, not {self.context_loss!r}.")
+        if self.label_manager.has_regions:
+            if self.context_loss not in _REGION_CONTEXT_LOSSES:
+                raise UserInputError(f"{self.__class__.__name__}: context loss '{self.context_loss}' is not "
+                                     f"defined for region-based training; use nnUNetTrainerMedContext.")
+            if self.mask_mode == "organ":
+                raise UserInputError(f"{self.__class__.__name__}: organ masking needs a label map, but this "
+                                     f"dataset trains on regions; use nnUNetTrainerMedContext.")
         if self.masked_batch not in ("duplicate", "half"):
             raise UserInputError(f"{self.__class__.__name__}: masked_batch must be 'duplicate' or 'half'.")
         if self.masked_batch == "half" and self.configuration_manager.batch_size < 2:
@@ -151,7 +160,8 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
             return tube_mask(batch_size, spatial, self.mask_cell_size, self.mask_ratio, axis=self.tube_axis,
                              device=data.device)
         return mixed_organ_block_mask(_full_resolution(target), self.mask_cell_size, self.mask_ratio,
-                                      self.organ_mask_probability, dilation=self.organ_mask_dilation)
+                                      self.organ_mask_probability, dilation=self.organ_mask_dilation,
+                                      ignore_label=self.label_manager.ignore_label)
 
     def context_weight_now(self) -> float:
         ramp_steps = int(self.context_rampup_fraction * self.total_steps)
@@ -184,7 +194,8 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
                 with torch.no_grad():
                     teacher_output = _full_resolution(self.teacher(masked_source))
                 student_masked = _full_resolution(output)[first_masked:]
-                loss_context = _CONTEXT_LOSSES[self.context_loss](student_masked, teacher_output)
+                losses = _REGION_CONTEXT_LOSSES if self.label_manager.has_regions else _CONTEXT_LOSSES
+                loss_context = losses[self.context_loss](student_masked, teacher_output)
                 loss = loss + weight * loss_context
             else:
                 loss_context = torch.zeros((), device=data.device)
