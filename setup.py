@@ -10,9 +10,10 @@ setup(
     python_requires=">=3.10",
     # trainers/ and plans/ live at the top of the repository (design card) but ship inside the package, so
     # that a non-editable install can locate them at run time.
-    packages=["nnunet_ext", "nnunet_ext.training", "nnunet_ext.trainer_modules", "nnunet_ext.plans_presets"],
+    packages=["nnunet_ext", "nnunet_ext.training", "nnunet_ext.benchmark", "nnunet_ext.trainer_modules",
+              "nnunet_ext.plans_presets"],
     package_dir={"nnunet_ext.trainer_modules": "trainers", "nnunet_ext.plans_presets": "plans"},
-    package_data={"nnunet_ext.plans_presets": ["*.json"]},
+    package_data={"nnunet_ext.plans_presets": ["*.json"], "nnunet_ext.benchmark": ["*.json"]},
     install_requires=[
         "nnunetv2>=2.8,<2.9",
         "torch>=2.1",
@@ -25,6 +26,7 @@ setup(
         "dynamic-network-architectures",
         "matplotlib",
         "tqdm",
+        "monai",
     ],
     extras_require={"test": ["pytest"]},
     entry_points={
@@ -33,6 +35,7 @@ setup(
             "nnUNetv2_ext_add_preset = nnunet_ext.presets:main",
             "nnUNetv2_ext_generate_phantom = nnunet_ext.phantom:main",
             "nnUNetv2_ext_benchmark_cost = nnunet_ext.cost_benchmark:main",
+            "nnUNetv2_ext_benchmark = nnunet_ext.benchmark.run:main",
         ]
     },
 )

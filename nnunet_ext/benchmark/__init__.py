@@ -1,0 +1,1 @@
+"""The label-efficiency benchmark: few-label splits, training budgets, metrics and reports."""

@@ -1,0 +1,155 @@
+"""Benchmark tables (CSV, Markdown: mean ± std over seeds) and the Dice-vs-labeled-fraction plot."""
+import csv
+import math
+from collections import defaultdict
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+CASE_FIELDS = ("trainer", "fraction", "seed", "num_labeled", "case", "label", "dice", "hd95")
+
+
+def _nanmean(values) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def _mean_std(values):
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    # one seed has no spread: NaN, shown as the mean alone rather than a misleading "± 0.0"
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def run_means(rows: Sequence[dict]) -> Dict[tuple, dict]:
+    """Per run (trainer, fraction, seed): mean Dice/HD95 over cases and labels, and per-label mean Dice."""
+    grouped = defaultdict(list)
+    for row in rows:
+        grouped[(row["trainer"], float(row["fraction"]), int(row["seed"]))].append(row)
+    result = {}
+    for key, run_rows in grouped.items():
+        per_label = defaultdict(list)
+        for row in run_rows:
+            per_label[int(row["label"])].append(float(row["dice"]))
+        result[key] = {
+            "num_labeled": int(run_rows[0]["num_labeled"]),
+            "dice": _nanmean(float(r["dice"]) for r in run_rows),
+            "hd95": _nanmean(float(r["hd95"]) for r in run_rows),
+            "dice_per_label": {label: _nanmean(v) for label, v in sorted(per_label.items())},
+        }
+    return result
+
+
+def summarise(rows: Sequence[dict]) -> List[dict]:
+    """Mean ± std over seeds for every (trainer, fraction), with per-label Dice."""
+    runs = run_means(rows)
+    grouped = defaultdict(list)
+    for (trainer, fraction, seed), values in runs.items():
+        grouped[(trainer, fraction)].append(values)
+    summary = []
+    for (trainer, fraction), seeds in grouped.items():
+        dice_mean, dice_std = _mean_std([s["dice"] for s in seeds])
+        hd_mean, hd_std = _mean_std([s["hd95"] for s in seeds])
+        labels = sorted(seeds[0]["dice_per_label"])
+        summary.append({
+            "trainer": trainer, "fraction": fraction, "num_labeled": seeds[0]["num_labeled"],
+            "num_seeds": len(seeds), "dice_mean": dice_mean, "dice_std": dice_std,
+            "hd95_mean": hd_mean, "hd95_std": hd_std,
+            "dice_per_label": {label: _mean_std([s["dice_per_label"][label] for s in seeds]) for label in labels},
+        })
+    return summary
+
+
+def write_case_csv(rows: Sequence[dict], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CASE_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row[k] for k in CASE_FIELDS})
+
+
+def write_summary_csv(summary: Sequence[dict], label_names: Dict[int, str], path: str) -> None:
+    labels = sorted(label_names)
+    fields = ["trainer", "fraction", "num_labeled", "num_seeds", "dice_mean", "dice_std", "hd95_mean", "hd95_std"]
+    fields += [f"dice_{label_names[label]}" for label in labels]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(fields)
+        for s in summary:
+            writer.writerow([s[k] for k in fields[:8]] + [s["dice_per_label"][label][0] for label in labels])
+
+
+def _pm(mean, std, scale=1.0, digits=1):
+    if math.isnan(mean):
+        return "n/a"
+    if math.isnan(std):
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def markdown(summary: Sequence[dict], trainers: Sequence[str], label_names: Dict[int, str], baseline: str) -> str:
+    """Tables: Dice (×100) and HD95 (mm) per trainer and labeled fraction, gain over the baseline, per organ."""
+    by_key = {(s["trainer"], s["fraction"]): s for s in summary}
+    fractions = sorted({s["fraction"] for s in summary})
+    header = "| trainer | " + " | ".join(
+        f"{f:.0%} ({by_key[next(k for k in by_key if k[1] == f)]['num_labeled']} labeled)" for f in fractions) + " |"
+    rule = "|---|" + "---|" * len(fractions)
+    lines = ["Mean Dice over organs and test cases (×100), mean ± std over seeds (no ± with one seed):", "",
+             header, rule]
+    for t in trainers:
+        cells = [_pm(by_key[(t, f)]["dice_mean"], by_key[(t, f)]["dice_std"], 100) if (t, f) in by_key else "—"
+                 for f in fractions]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines += ["", f"Gain over {baseline} in Dice points (difference of the means):", "", header, rule]
+    for t in trainers:
+        if t == baseline:
+            continue
+        cells = []
+        for f in fractions:
+            if (t, f) in by_key and (baseline, f) in by_key:
+                cells.append(f"{100 * (by_key[(t, f)]['dice_mean'] - by_key[(baseline, f)]['dice_mean']):+.1f}")
+            else:
+                cells.append("—")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines += ["", "HD95 (mm) over organs and test cases, mean ± std over seeds (cases where an organ is missed "
+              "in the prediction have no HD95 and are left out; their Dice of 0 counts above):", "", header, rule]
+    for t in trainers:
+        cells = [_pm(by_key[(t, f)]["hd95_mean"], by_key[(t, f)]["hd95_std"]) if (t, f) in by_key else "—"
+                 for f in fractions]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    labels = sorted(label_names)
+    for f in fractions:
+        lines += ["", f"Dice per organ (×100) at {f:.0%} labels:", "",
+                  "| trainer | " + " | ".join(label_names[label] for label in labels) + " |",
+                  "|---|" + "---|" * len(labels)]
+        for t in trainers:
+            if (t, f) in by_key:
+                per = by_key[(t, f)]["dice_per_label"]
+                lines.append(f"| {t} | " + " | ".join(_pm(*per[label], 100) for label in labels) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: Sequence[dict], trainers: Sequence[str], path: str, title: str = "") -> None:
+    """Dice against labeled fraction, one line per trainer, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for t in trainers:
+        points = sorted((s["fraction"], s["dice_mean"], s["dice_std"]) for s in summary if s["trainer"] == t)
+        if points:
+            x, y, e = zip(*points)
+            errors = [0.0 if math.isnan(v) else 100 * v for v in e]
+            ax.errorbar([100 * v for v in x], [100 * v for v in y], yerr=errors, marker="o", capsize=3, label=t)
+    ax.set_xlabel("labeled training cases (%)")
+    ax.set_ylabel("mean Dice over organs (×100)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

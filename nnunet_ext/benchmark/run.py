@@ -1,0 +1,276 @@
+"""``nnUNetv2_ext_benchmark``: does a method beat plain nnU-Net with few labels, by how much, at what cost?
+
+One command: generate a phantom dataset, plan and preprocess it with nnU-Net, add a small preset, write
+few-label splits, train plain ``nnUNetTrainer`` and each method on the same splits, budget and seeds, predict the
+held-out test cases with ``nnUNetv2_predict``, evaluate Dice and HD95 per organ, and write tables and a plot.
+Every step is resumable: finished runs, predictions and evaluations are not redone. All data lives in the
+benchmark's own work folder (its own nnUNet_raw / _preprocessed / _results), never in the user's.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from importlib import resources
+
+from nnunet_ext.errors import UserInputError, run_cli
+
+DATASET_ID = 510
+DATASET_NAME = "PhantomBenchmark"
+
+MODES = {
+    # <= 15 minutes on 2 CPU cores: shows the pipeline end to end, not converged
+    "quick": dict(num_train=14, num_val=4, num_test=6, shape=(32, 64, 64), configuration="3d_small",
+                  fractions=(0.2, 1.0), seeds=(0,), epochs=12, iterations=20, val_iterations=2, tta=False),
+    # sized for a GPU (runs on a CPU in many hours): 3 seeds, 10/20/100 % labels
+    "full": dict(num_train=60, num_val=10, num_test=20, shape=(40, 80, 80), configuration="3d_small",
+                 fractions=(0.1, 0.2, 1.0), seeds=(0, 1, 2), epochs=60, iterations=100, val_iterations=10,
+                 tta=True),
+}
+
+
+def benchmark_methods() -> list:
+    """The trainers to compare, from ``methods.json`` (add a method there, not in code)."""
+    data = json.loads(resources.files("nnunet_ext.benchmark").joinpath("methods.json").read_text())
+    return data["trainers"]
+
+
+def _bin(name: str) -> str:
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+class Benchmark:
+    """State and steps of one benchmark work folder."""
+
+    def __init__(self, work: str, settings: dict, trainers: list, device: str, num_proc_da: int):
+        self.work = os.path.abspath(work)
+        self.settings = settings
+        self.trainers = trainers
+        self.device = device
+        self.num_proc_da = num_proc_da
+        self.paths = {k: os.path.join(self.work, k) for k in ("raw", "preprocessed", "results")}
+        self.dataset = f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
+        for sub in ("raw", "preprocessed", "results", "logs", "predictions", "metrics", "report"):
+            os.makedirs(os.path.join(self.work, sub), exist_ok=True)
+
+    # ------------------------------------------------------------ environment and commands
+    def env(self, training: bool = False) -> dict:
+        from nnunet_ext.env import extended_trainer_path
+
+        env = dict(os.environ)
+        env.pop("nnUNet_n_proc_DA", None)
+        env.update({"nnUNet_raw": self.paths["raw"], "nnUNet_preprocessed": self.paths["preprocessed"],
+                    "nnUNet_results": self.paths["results"], "nnUNet_def_n_proc": "2",
+                    "nnUNet_extTrainer": extended_trainer_path(os.environ.get("nnUNet_extTrainer"))})
+        if training:
+            env["nnUNet_n_proc_DA"] = str(self.num_proc_da)  # training only: planning crashes with 0
+        return env
+
+    def command(self, args: list, log_name: str, training: bool = False) -> float:
+        """Run a command with its output in ``logs/``; return its wall time. Raise with the log's tail on failure."""
+        log_file = os.path.join(self.work, "logs", log_name)
+        start = time.time()
+        with open(log_file, "w") as log:
+            result = subprocess.run([str(a) for a in args], env=self.env(training), stdout=log,
+                                    stderr=subprocess.STDOUT)
+        if result.returncode != 0:
+            tail = open(log_file).read()[-3000:]
+            raise RuntimeError(f"{' '.join(map(str, args))} failed (exit {result.returncode}); log: {log_file}\n"
+                               f"{tail}")
+        return time.time() - start
+
+    # ------------------------------------------------------------ data
+    def prepare_data(self):
+        from nnunet_ext.phantom import generate_dataset
+
+        s = self.settings
+        generate_dataset(self.paths["raw"], DATASET_ID, DATASET_NAME, num_train=s["num_train"],
+                         num_test=s["num_test"], shape=s["shape"], seed=0, progress=False)
+        plans = os.path.join(self.paths["preprocessed"], self.dataset, "nnUNetPlans.json")
+        if not os.path.isfile(plans):
+            self.command([_bin("nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", "3d_fullres", "-np", 2,
+                          "--verify_dataset_integrity"], "plan_and_preprocess.log")
+        if s["configuration"] not in ("3d_fullres", "2d", "3d_lowres"):
+            self.command([_bin("nnUNetv2_ext_add_preset"), "-d", DATASET_ID, "-preset", s["configuration"]],
+                         "add_preset.log")
+
+    def write_splits(self) -> list:
+        from nnunet_ext.benchmark.splits import label_efficiency_folds
+
+        s = self.settings
+        labels_tr = os.path.join(self.paths["raw"], self.dataset, "labelsTr")
+        ids = sorted(f[:-len(".nii.gz")] for f in os.listdir(labels_tr) if f.endswith(".nii.gz"))
+        folds, manifest = label_efficiency_folds(ids, s["num_val"], s["fractions"], s["seeds"])
+        splits_file = os.path.join(self.paths["preprocessed"], self.dataset, "splits_final.json")
+        if os.path.isfile(splits_file):
+            with open(splits_file) as f:
+                if json.load(f) != folds:
+                    raise UserInputError(
+                        f"{splits_file} holds other splits than these settings make (the work folder {self.work} "
+                        f"was made with other --fractions/--seeds/--num-val). Use another --work folder.")
+        else:
+            with open(splits_file, "w") as f:
+                json.dump(folds, f, indent=1)
+        with open(os.path.join(self.work, "splits_manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=1)
+        return manifest
+
+    # ------------------------------------------------------------ one run
+    def run_one(self, trainer: str, entry: dict) -> dict:
+        """Train, predict and evaluate one (trainer, fold); cached in ``metrics/``."""
+        fold = entry["fold"]
+        metrics_file = os.path.join(self.work, "metrics", f"{trainer}__fold{fold}.json")
+        if os.path.isfile(metrics_file):
+            with open(metrics_file) as f:
+                return json.load(f)
+        s = self.settings
+        output = os.path.join(self.paths["results"], self.dataset, f"{trainer}__nnUNetPlans__{s['configuration']}",
+                              f"fold_{fold}")
+        train_seconds = None
+        if not os.path.isfile(os.path.join(output, "validation", "summary.json")):
+            train_seconds = self.command(
+                [sys.executable, "-m", "nnunet_ext.benchmark.train", DATASET_ID, s["configuration"], fold, "-tr",
+                 trainer, "--epochs", s["epochs"], "--iterations", s["iterations"], "--val-iterations",
+                 s["val_iterations"], "--seed", entry["seed"], "-device", self.device],
+                f"train__{trainer}__fold{fold}.log", training=True)
+        predictions = os.path.join(self.work, "predictions", trainer, f"fold_{fold}")
+        predict = [_bin("nnUNetv2_predict"), "-i", os.path.join(self.paths["raw"], self.dataset, "imagesTs"),
+                   "-o", predictions, "-d", DATASET_ID, "-c", s["configuration"], "-f", fold, "-tr", trainer,
+                   "-device", self.device, "-npp", 1, "-nps", 1]
+        if not s["tta"]:
+            predict.append("--disable_tta")
+        predict_seconds = self.command(predict, f"predict__{trainer}__fold{fold}.log")
+        result = dict(entry, trainer=trainer, train_seconds=train_seconds, predict_seconds=predict_seconds,
+                      cases=self.evaluate(predictions))
+        with open(metrics_file + ".tmp", "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(metrics_file + ".tmp", metrics_file)
+        return result
+
+    def evaluate(self, predictions: str) -> dict:
+        import SimpleITK as sitk
+
+        from nnunet_ext.benchmark.metrics import case_metrics
+
+        labels_ts = os.path.join(self.paths["raw"], self.dataset, "labelsTs")
+        with open(os.path.join(self.paths["raw"], self.dataset, "dataset.json")) as f:
+            labels = [v for v in json.load(f)["labels"].values() if v != 0]
+        cases = {}
+        for name in sorted(os.listdir(labels_ts)):
+            if not name.endswith(".nii.gz"):
+                continue
+            reference = sitk.ReadImage(os.path.join(labels_ts, name))
+            prediction = sitk.ReadImage(os.path.join(predictions, name))
+            spacing = reference.GetSpacing()[::-1]  # SimpleITK (x, y, z) -> array (z, y, x)
+            cases[name[:-len(".nii.gz")]] = case_metrics(sitk.GetArrayFromImage(prediction),
+                                                         sitk.GetArrayFromImage(reference), labels, spacing)
+        return cases
+
+    # ------------------------------------------------------------ report
+    def report(self, results: list) -> str:
+        from nnunet_ext.benchmark import report
+
+        with open(os.path.join(self.paths["raw"], self.dataset, "dataset.json")) as f:
+            label_names = {v: k for k, v in json.load(f)["labels"].items() if v != 0}
+        rows = [dict(trainer=r["trainer"], fraction=r["fraction"], seed=r["seed"], num_labeled=r["num_labeled"],
+                     case=case, label=int(label), dice=m["dice"], hd95=m["hd95"])
+                for r in results for case, per_label in r["cases"].items() for label, m in per_label.items()]
+        summary = report.summarise(rows)
+        trainers = [t["trainer"] for t in self.trainers]
+        baseline = next((t["trainer"] for t in self.trainers if t.get("baseline")), trainers[0])
+        out = os.path.join(self.work, "report")
+        report.write_case_csv(rows, os.path.join(out, "results_per_case.csv"))
+        report.write_summary_csv(summary, label_names, os.path.join(out, "results_summary.csv"))
+        text = report.markdown(summary, trainers, label_names, baseline)
+        text += "\n" + self.cost_table(results, trainers, baseline)
+        with open(os.path.join(out, "results.md"), "w") as f:
+            f.write(text)
+        report.plot(summary, trainers, os.path.join(out, "dice_vs_fraction.png"),
+                    title=f"{DATASET_NAME}: {self.settings['epochs'] * self.settings['iterations']} steps per run")
+        return text
+
+    @staticmethod
+    def cost_table(results: list, trainers: list, baseline: str) -> str:
+        """Training wall time per trainer relative to the baseline (runs of this benchmark, same machine)."""
+        seconds = {t: [r["train_seconds"] for r in results if r["trainer"] == t and r["train_seconds"]]
+                   for t in trainers}
+        base = sum(seconds.get(baseline, [])) / max(1, len(seconds.get(baseline, [])))
+        lines = ["Training wall time per run (includes nnU-Net's start-up and final validation; same budget in "
+                 "steps for every trainer):", "", "| trainer | mean s per run | relative to baseline |",
+                 "|---|---|---|"]
+        for t in trainers:
+            if seconds.get(t):
+                mean = sum(seconds[t]) / len(seconds[t])
+                lines.append(f"| {t} | {mean:.0f} | {mean / base:.2f}× |" if base else f"| {t} | {mean:.0f} | — |")
+        return "\n".join(lines) + "\n"
+
+    def run(self) -> str:
+        from tqdm import tqdm
+
+        self.prepare_data()
+        manifest = self.write_splits()
+        jobs = [(t["trainer"], entry) for entry in manifest for t in self.trainers]
+        results = []
+        with tqdm(jobs, desc="benchmark runs", unit="run") as bar:
+            for trainer, entry in bar:
+                bar.set_postfix_str(f"{trainer} {entry['fraction']:.0%} seed {entry['seed']}")
+                results.append(self.run_one(trainer, entry))
+        return self.report(results)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_ext_benchmark",
+        description="Label-efficiency benchmark on a generated multi-organ phantom: trains plain nnUNetTrainer "
+                    "and each method of nnunet-ext (listed in nnunet_ext/benchmark/methods.json) on the same "
+                    "few-label splits, budget and seeds, predicts the test cases with nnUNetv2_predict and reports "
+                    "Dice and HD95 (tables in CSV and Markdown, a plot as PNG) under WORK/report/. Resumable: "
+                    "run the same command again to continue.")
+    parser.add_argument("--quick", action="store_true",
+                        help="small settings that finish in about 15 minutes on 2 CPU cores (the default is the full "
+                             "benchmark, sized for a GPU)")
+    parser.add_argument("--work", default=None,
+                        help="work folder (default: work_data/benchmark_quick or work_data/benchmark_full)")
+    parser.add_argument("-tr", "--trainers", nargs="+", default=None,
+                        help="only these trainers (default: all in methods.json)")
+    parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"))
+    parser.add_argument("--num-proc-DA", type=int, default=2, help="augmentation workers per training run")
+    for key, kind in (("num_train", int), ("num_val", int), ("num_test", int), ("epochs", int),
+                      ("iterations", int), ("val_iterations", int)):
+        parser.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
+                            help=f"override the mode's {key} (quick: {MODES['quick'][key]}, full: {MODES['full'][key]})")
+    parser.add_argument("--shape", type=int, nargs=3, default=None, help="phantom volume shape (z y x)")
+    parser.add_argument("--fractions", type=float, nargs="+", default=None, help="labeled fractions")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("-c", "--configuration", default=None, help="nnU-Net configuration or preset name")
+    parser.add_argument("--tta", default=None, choices=("on", "off"), help="mirroring at prediction")
+    args = parser.parse_args(argv)
+
+    def run():
+        mode = "quick" if args.quick else "full"
+        settings = dict(MODES[mode])
+        for key in ("num_train", "num_val", "num_test", "epochs", "iterations", "val_iterations", "shape",
+                    "fractions", "seeds", "configuration"):
+            if getattr(args, key) is not None:
+                settings[key] = getattr(args, key)
+        if args.tta is not None:
+            settings["tta"] = args.tta == "on"
+        methods = benchmark_methods()
+        if args.trainers:
+            known = {t["trainer"]: t for t in methods}
+            unknown = [t for t in args.trainers if t not in known]
+            if unknown:
+                raise UserInputError(f"Unknown benchmark trainers {unknown}; methods.json lists {sorted(known)}.")
+            methods = [known[t] for t in args.trainers]
+        work = args.work or os.path.join("work_data", f"benchmark_{mode}")
+        print(f"nnunet-ext benchmark ({mode}) in {os.path.abspath(work)} with {json.dumps(settings)}")
+        text = Benchmark(work, settings, methods, args.device, args.num_proc_DA).run()
+        print(text)
+        print(f"Tables, CSVs and the plot are in {os.path.join(os.path.abspath(work), 'report')}")
+
+    run_cli(run, parser.prog)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Train one benchmark run: nnU-Net's own training entry, with the benchmark's step budget and seed.
+
+Budgets differ between ``--quick`` and full benchmark runs, so instead of one trainer subclass per budget the
+benchmark sets ``num_epochs`` / ``num_iterations_per_epoch`` on the trainer nnU-Net builds (before it is
+initialised, so the learning-rate schedule and the methods' ramps see the real budget) and writes the budget
+into the training log. Everything else is ``nnUNetv2_train``: same trainer lookup, checkpoints, ``--c``,
+final validation.
+"""
+import argparse
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def train(dataset: str, configuration: str, fold: int, trainer_name: str, epochs: int, iterations: int,
+          val_iterations: int, seed: int, device: str = "cpu", plans: str = "nnUNetPlans") -> str:
+    """Train (or resume) one run and run nnU-Net's final validation; returns the output folder."""
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+
+    trainer = get_trainer_from_args(dataset, configuration, fold, trainer_name, plans, False, torch.device(device))
+    final = os.path.join(trainer.output_folder, "checkpoint_final.pth")
+    latest = os.path.join(trainer.output_folder, "checkpoint_latest.pth")
+    resume = os.path.isfile(final) or os.path.isfile(latest)
+    trainer.num_epochs = epochs
+    trainer.num_iterations_per_epoch = iterations
+    trainer.num_val_iterations_per_epoch = val_iterations
+    trainer.save_every = max(1, min(50, epochs // 4))
+    trainer.print_to_log_file(f"nnunet-ext benchmark budget: {epochs} epochs x {iterations} iterations "
+                              f"({epochs * iterations} steps), {val_iterations} validation iterations, seed {seed}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    maybe_load_checkpoint(trainer, resume, False, None)
+    trainer.run_training()
+    trainer.perform_actual_validation(False)
+    return trainer.output_folder
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m nnunet_ext.benchmark.train",
+        description="Train one benchmark run through nnU-Net's trainer with a fixed step budget (used by "
+                    "nnUNetv2_ext_benchmark). Resumes from the run's checkpoint when there is one.")
+    parser.add_argument("dataset")
+    parser.add_argument("configuration")
+    parser.add_argument("fold", type=int)
+    parser.add_argument("-tr", dest="trainer", required=True)
+    parser.add_argument("-p", dest="plans", default="nnUNetPlans")
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--iterations", type=int, required=True, help="training iterations per epoch")
+    parser.add_argument("--val-iterations", type=int, default=5, help="validation iterations per epoch")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-device", default="cpu")
+    args = parser.parse_args(argv)
+    train(args.dataset, args.configuration, args.fold, args.trainer, args.epochs, args.iterations,
+          args.val_iterations, args.seed, args.device, args.plans)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Benchmark building blocks: few-label splits and metrics against independent computations."""
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from nnunet_ext.benchmark.metrics import case_metrics, dice, hd95
+from nnunet_ext.benchmark.splits import label_efficiency_folds
+
+IDS = [f"case_{i:03d}" for i in range(20)]
+
+
+def test_folds_share_validation_and_nest_labeled_sets():
+    folds, manifest = label_efficiency_folds(IDS, num_val=4, fractions=[0.1, 0.25, 1.0], seeds=[0, 1])
+    assert len(folds) == len(manifest) == 6
+    val = folds[0]["val"]
+    assert len(val) == 4
+    for fold, entry in zip(folds, manifest):
+        assert fold["val"] == val
+        assert not set(fold["train"]) & set(val)
+        assert len(fold["train"]) == entry["num_labeled"] == max(1, round(entry["fraction"] * 16))
+    by_key = {(m["seed"], m["fraction"]): set(f["train"]) for f, m in zip(folds, manifest)}
+    for seed in (0, 1):
+        assert by_key[(seed, 0.1)] <= by_key[(seed, 0.25)] <= by_key[(seed, 1.0)]
+        assert len(by_key[(seed, 1.0)]) == 16
+    assert by_key[(0, 0.25)] != by_key[(1, 0.25)]
+    # deterministic
+    assert label_efficiency_folds(IDS, 4, [0.1, 0.25, 1.0], [0, 1]) == (folds, manifest)
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_val=0), dict(num_val=20), dict(num_val=2, fractions=[0.0]),
+                                    dict(num_val=2, fractions=[1.5])])
+def test_folds_reject_bad_arguments(kwargs):
+    args = dict(case_ids=IDS, num_val=2, fractions=[0.5], seeds=[0])
+    args.update(kwargs)
+    with pytest.raises(ValueError):
+        label_efficiency_folds(**args)
+
+
+def test_dice_matches_hand_computation():
+    a = np.zeros((4, 4), bool); a[:2] = True          # 8 voxels
+    b = np.zeros((4, 4), bool); b[1:3] = True          # 8 voxels, 4 shared
+    assert dice(a, b) == pytest.approx(0.5)
+    assert math.isnan(dice(np.zeros((2, 2), bool), np.zeros((2, 2), bool)))
+    assert dice(a, np.zeros_like(a)) == 0.0
+
+
+def _hd95_reference(a, b, spacing):
+    """Independent HD95: distances between the surface voxels of both masks with SciPy's distance transform."""
+    def surface(m):
+        return m & ~ndimage.binary_erosion(m, structure=ndimage.generate_binary_structure(m.ndim, 1))
+    sa, sb = surface(a), surface(b)
+    da = ndimage.distance_transform_edt(~sb, sampling=spacing)[sa]
+    db = ndimage.distance_transform_edt(~sa, sampling=spacing)[sb]
+    return max(np.percentile(da, 95), np.percentile(db, 95))
+
+
+def test_hd95_matches_scipy_reference():
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        a = ndimage.binary_dilation(rng.random((12, 16, 16)) > 0.985, iterations=2)
+        b = ndimage.binary_dilation(rng.random((12, 16, 16)) > 0.985, iterations=2)
+        spacing = (2.0, 0.8, 0.8)
+        assert hd95(a, b, spacing) == pytest.approx(_hd95_reference(a, b, spacing), rel=0.05, abs=0.2)
+    assert math.isnan(hd95(np.zeros((3, 3, 3), bool), b[:3, :3, :3] | True, (1, 1, 1)))
+
+
+def test_case_metrics_per_label():
+    ref = np.zeros((6, 8, 8), np.uint8); ref[1:4, 1:5, 1:5] = 1; ref[1:4, 5:8, 5:8] = 2
+    pred = ref.copy(); pred[ref == 2] = 0
+    result = case_metrics(pred, ref, [1, 2], (1.0, 1.0, 1.0))
+    assert result[1]["dice"] == 1.0 and result[1]["hd95"] == 0.0
+    assert result[2]["dice"] == 0.0 and math.isnan(result[2]["hd95"])
+
+
+def test_report_mean_std_over_seeds_and_markdown(tmp_path):
+    from nnunet_ext.benchmark import report
+
+    rows = []
+    for trainer, offset in (("base", 0.0), ("method", 0.1)):
+        for seed, dice_value in ((0, 0.5), (1, 0.7)):
+            for case in ("a", "b"):
+                for label in (1, 2):
+                    rows.append(dict(trainer=trainer, fraction=0.5, seed=seed, num_labeled=3, case=case, label=label,
+                                     dice=dice_value + offset, hd95=2.0))
+    summary = report.summarise(rows)
+    method = next(s for s in summary if s["trainer"] == "method")
+    assert method["dice_mean"] == pytest.approx(0.7)
+    assert method["dice_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert method["num_seeds"] == 2
+    text = report.markdown(summary, ["base", "method"], {1: "liver", 2: "spleen"}, "base")
+    assert "| method | 70.0 ± 14.1 |" in text and "| method | +10.0 |" in text
+    report.plot(summary, ["base", "method"], str(tmp_path / "plot.png"))
+    assert (tmp_path / "plot.png").stat().st_size > 1000
+    one_seed = report.summarise([r for r in rows if r["seed"] == 0])
+    assert "| base | 50.0 |" in report.markdown(one_seed, ["base", "method"], {1: "liver", 2: "spleen"}, "base")
