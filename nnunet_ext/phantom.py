@@ -812,8 +812,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> str:
-    """Command-line entry point ``nnUNetv2_ext_generate_phantom``; returns the dataset folder."""
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Command-line entry point ``nnUNetv2_ext_generate_phantom``; prints the dataset folder.
+
+    Returns None: console scripts pass the return value to ``sys.exit``, where a string means failure.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     raw_root = args.output or os.environ.get("nnUNet_raw")
@@ -826,11 +829,10 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         print(folder)
         if args.overview:
             print(render_overview(folder, args.overview))
-        return folder
 
     from nnunet_ext.errors import run_cli
 
-    return run_cli(run, parser.prog)
+    run_cli(run, parser.prog)
 
 
 if __name__ == "__main__":

@@ -233,8 +233,9 @@ def test_render_overview_writes_png(tmp_path):
 
 def test_cli(tmp_path, monkeypatch, capsys):
     png = tmp_path / "o.png"
-    folder = main(["-o", str(tmp_path), "-d", "7", "-n", "Tiny", "--train", "2", "--test", "0",
-                   "--shape", "16", "32", "32", "--spacing", "3", "1", "1", "--no-progress", "--overview", str(png)])
+    assert main(["-o", str(tmp_path), "-d", "7", "-n", "Tiny", "--train", "2", "--test", "0",
+                 "--shape", "16", "32", "32", "--spacing", "3", "1", "1", "--no-progress", "--overview", str(png)]) is None
+    folder = capsys.readouterr().out.splitlines()[0]
     assert folder.endswith("Dataset007_Tiny") and png.stat().st_size > 0
     assert _read(os.path.join(folder, "imagesTr", "Tiny_001_0000.nii.gz"))[0].GetSpacing() == (1.0, 1.0, 3.0)
 
@@ -276,3 +277,15 @@ def test_nnunet_integrity_check(tmp_path):
             f"verify_dataset_integrity({folder!r}, 1)\n")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_console_script_exits_zero(tmp_path):
+    """Console scripts hand main()'s return value to sys.exit: it must succeed with exit code 0."""
+    import subprocess
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "nnUNetv2_ext_generate_phantom")
+    result = subprocess.run([exe, "-o", str(tmp_path), "-d", "8", "--train", "1", "--test", "0", "--shape", "16", "32",
+                             "32", "--no-progress"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("Dataset008_Phantom")
