@@ -153,3 +153,38 @@ def test_configuration_without_preprocessed_data(tiny_planned_dataset, monkeypat
     with pytest.raises(UserInputError, match=r"No preprocessed data for configuration '3d_unprocessed'.*"
                                              r"nnUNetv2_preprocess -d Dataset501_Phantom"):
         trainer.initialize()
+
+
+def test_concatenated_and_separate_student_passes_agree(tiny_planned_dataset, monkeypatch):
+    """The GPU path (one concatenated batch) and the CPU path (two passes) take the same optimiser step."""
+    base = _budget(medcontext.nnUNetTrainerMedContext)
+
+    class Concatenated(base):
+        concatenate_student_passes = True
+
+    class Separate(base):
+        concatenate_student_passes = False
+
+    trainers = []
+    for fold, cls in enumerate((Concatenated, Separate)):
+        trainer = _trainer(tiny_planned_dataset, cls, "3d_tiny", fold=fold, monkeypatch=monkeypatch)
+        trainer.initialize()
+        trainers.append(trainer)
+    trainers[1].network.load_state_dict(trainers[0].network.state_dict())
+    trainers[1].teacher.load_state_dict(trainers[0].teacher.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    patch = trainers[0].configuration_manager.patch_size
+    data = torch.randn(2, 1, *patch, generator=generator)
+    full = torch.randint(0, 8, (2, 1, *patch), generator=generator).float()
+    # deep-supervision targets by nearest downsampling, as nnU-Net's transform makes them
+    target = [full] + [torch.nn.functional.interpolate(full, scale_factor=[1 / s for s in scale], mode="nearest")
+                       for scale in np.cumprod(trainers[0].configuration_manager.pool_op_kernel_sizes[1:-1], axis=0)]
+    results = []
+    for trainer in trainers:
+        trainer.network.train()
+        torch.manual_seed(1)  # same masks
+        results.append(trainer.train_step({"data": data.clone(), "target": [t.clone() for t in target]}))
+    for key in ("loss", "seg_clean", "seg_masked", "context"):
+        assert np.allclose(results[0][key], results[1][key], rtol=1e-4, atol=1e-6), key
+    for (name, a), b in zip(trainers[0].network.named_parameters(), trainers[1].network.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name

@@ -7,7 +7,8 @@ Specification: methods.md section 1. Per step, with student = ``self.network`` (
 L_seg is nnU-Net's own (deep-supervised) Dice+CE, L_ctx the MSE between softmax probabilities at full
 resolution, w(t) a Gaussian ramp over the first 20 % of training and the teacher an EMA of the student with a
 cosine momentum schedule (0.996 -> 1) indexed by the global iteration. Clean and masked inputs go through the
-student as one concatenated batch. Inference uses the student only, so it costs what plain nnU-Net costs.
+student as one concatenated batch on GPUs (two passes with one backward on the CPU, where that is faster).
+Inference uses the student only, so it costs what plain nnU-Net costs.
 
 Variants are subclasses that change class attributes; each trains into its own results folder.
 """
@@ -85,6 +86,7 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
                  "teacher_momentum_final")
         hyperparameters = {name: getattr(self, name) for name in names}
         hyperparameters["mask_cell_size"] = list(self.mask_cell_size)
+        hyperparameters["student_passes"] = "concatenated" if self.concatenate_student_passes else "separate"
         return hyperparameters
 
     @property
@@ -171,6 +173,23 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
         return cosine_momentum(self.global_step, self.total_steps, self.teacher_momentum_base,
                                self.teacher_momentum_final)
 
+    @property
+    def concatenate_student_passes(self) -> bool:
+        """One concatenated student batch on accelerators, two passes (one backward) on the CPU.
+
+        Same maths with nnU-Net's instance normalisation. A concatenated batch uses a GPU better and is what DDP
+        needs (one forward per backward); on the CPU, oneDNN convolutions cost more than twice as much for twice
+        the batch (measured in docs/cost.md), so two passes of the original batch size are faster there.
+        """
+        return self.device.type != "cpu"
+
+    def student_outputs(self, clean: torch.Tensor, masked: torch.Tensor):
+        """Student outputs (deep-supervision lists or tensors) for the clean and the masked inputs."""
+        if not self.concatenate_student_passes:
+            return self.network(clean), self.network(masked)
+        output = self.network(torch.cat([clean, masked]))
+        return _batch_slice(output, 0, clean.shape[0]), _batch_slice(output, clean.shape[0], None)
+
     def train_step(self, batch: dict) -> dict:
         data = self.to_device(batch["data"], self.device)
         target = self.to_device(batch["target"], self.device)
@@ -186,14 +205,14 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast_context():
             masked = self.mask_value(masked_source, mask)
-            output = self.network(torch.cat([data[:first_masked], masked]))
-            loss_clean = self.loss(_batch_slice(output, 0, first_masked), clean_target)
-            loss_masked = self.loss(_batch_slice(output, first_masked, None), masked_target)
+            output_clean, output_masked = self.student_outputs(data[:first_masked], masked)
+            loss_clean = self.loss(output_clean, clean_target)
+            loss_masked = self.loss(output_masked, masked_target)
             loss = loss_clean + loss_masked
             if self.use_teacher:
                 with torch.no_grad():
                     teacher_output = _full_resolution(self.teacher(masked_source))
-                student_masked = _full_resolution(output)[first_masked:]
+                student_masked = _full_resolution(output_masked)
                 losses = _REGION_CONTEXT_LOSSES if self.label_manager.has_regions else _CONTEXT_LOSSES
                 loss_context = losses[self.context_loss](student_masked, teacher_output)
                 loss = loss + weight * loss_context
