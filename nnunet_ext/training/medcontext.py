@@ -175,13 +175,15 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
 
     @property
     def concatenate_student_passes(self) -> bool:
-        """One concatenated student batch on accelerators, two passes (one backward) on the CPU.
+        """One concatenated student batch, except where that doubles the batch on the CPU.
 
         Same maths with nnU-Net's instance normalisation. A concatenated batch uses a GPU better and is what DDP
-        needs (one forward per backward); on the CPU, oneDNN convolutions cost more than twice as much for twice
-        the batch (measured in docs/cost.md), so two passes of the original batch size are faster there.
+        needs (one forward per backward). On the CPU, oneDNN convolutions cost more than twice as much for twice
+        the batch and also much more per sample at batch size 1 (both measured, docs/cost.md), so there the
+        student runs at the configuration's batch size: two passes when the batch is duplicated, one when half
+        of it is masked.
         """
-        return self.device.type != "cpu"
+        return self.device.type != "cpu" or self.masked_batch == "half"
 
     def student_outputs(self, clean: torch.Tensor, masked: torch.Tensor):
         """Student outputs (deep-supervision lists or tensors) for the clean and the masked inputs."""
@@ -194,24 +196,27 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
         data = self.to_device(batch["data"], self.device)
         target = self.to_device(batch["target"], self.device)
         batch_size = data.shape[0]
-        # samples [first_masked:] are masked; "duplicate" appends masked copies of the whole batch
-        first_masked = batch_size if self.masked_batch == "duplicate" else batch_size - batch_size // 2
-        masked_source = data if self.masked_batch == "duplicate" else data[first_masked:]
-        masked_target = target if self.masked_batch == "duplicate" else _batch_slice(target, first_masked, None)
-        clean_target = target if self.masked_batch == "duplicate" else _batch_slice(target, 0, first_masked)
+        # "duplicate": the whole batch is seen clean and masked; "half": samples [n_clean:] are seen masked only
+        n_clean = batch_size if self.masked_batch == "duplicate" else batch_size - batch_size // 2
+        masked_from = 0 if self.masked_batch == "duplicate" else n_clean
+        masked_source = data[masked_from:]
+        masked_target = _batch_slice(target, masked_from, None)
+        clean_target = _batch_slice(target, 0, n_clean)
         mask = self.draw_mask(masked_source, masked_target)
         weight = self.context_weight_now() if self.use_teacher else 0.0
 
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast_context():
             masked = self.mask_value(masked_source, mask)
-            output_clean, output_masked = self.student_outputs(data[:first_masked], masked)
+            output_clean, output_masked = self.student_outputs(data[:n_clean], masked)
             loss_clean = self.loss(output_clean, clean_target)
             loss_masked = self.loss(output_masked, masked_target)
             loss = loss_clean + loss_masked
             if self.use_teacher:
                 with torch.no_grad():
-                    teacher_output = _full_resolution(self.teacher(masked_source))
+                    # always the whole clean batch: in "half" mode the arithmetic counts it so (4/3), and on
+                    # the CPU a batch of one falls back to PyTorch's slow native convolution (docs/cost.md)
+                    teacher_output = _full_resolution(self.teacher(data))[masked_from:]
                 student_masked = _full_resolution(output_masked)
                 losses = _REGION_CONTEXT_LOSSES if self.label_manager.has_regions else _CONTEXT_LOSSES
                 loss_context = losses[self.context_loss](student_masked, teacher_output)
