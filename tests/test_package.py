@@ -118,7 +118,7 @@ def test_preset_is_idempotent_and_refuses_foreign_configuration(tiny_planned_dat
 @pytest.mark.parametrize("args, message", [
     (["-d", 501, "-preset", "4d_huge"], "Unknown preset '4d_huge'. Available presets:"),
     (["-d", 777, "-preset", "3d_small"], "Dataset 777 was not found"),
-    (["-d", 501, "-preset", "3d_small", "-p", "nnUNetResEncUNetMPlans"], "does not exist (plans found: ['nnUNetPlans'])"),
+    (["-d", 501, "-preset", "3d_small", "-p", "MyMissingPlans"], "MyMissingPlans.json does not exist (plans found: ["),
 ])
 def test_preset_errors_are_actionable(tiny_planned_dataset, args, message):
     result = run_command(["nnUNetv2_ext_add_preset"] + args, nnunet_env(tiny_planned_dataset), check=False)
