@@ -188,3 +188,23 @@ def test_concatenated_and_separate_student_passes_agree(tiny_planned_dataset, mo
         assert np.allclose(results[0][key], results[1][key], rtol=1e-4, atol=1e-6), key
     for (name, a), b in zip(trainers[0].network.named_parameters(), trainers[1].network.parameters()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+
+
+def test_train_step_under_autocast(tiny_planned_dataset, monkeypatch):
+    """The mixed-precision path (nnU-Net autocasts on CUDA), exercised on the CPU with bfloat16."""
+
+    class Autocast(_budget(medcontext.nnUNetTrainerMedContext)):
+        def autocast_context(self):
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    trainer = _trainer(tiny_planned_dataset, Autocast, "3d_tiny", fold=4, monkeypatch=monkeypatch)
+    trainer.initialize()
+    trainer.network.train()
+    patch = trainer.configuration_manager.patch_size
+    data = torch.randn(2, 1, *patch)
+    full = torch.randint(0, 8, (2, 1, *patch)).float()
+    target = [full] + [torch.nn.functional.interpolate(full, scale_factor=[1 / s for s in scale], mode="nearest")
+                       for scale in np.cumprod(trainer.configuration_manager.pool_op_kernel_sizes[1:-1], axis=0)]
+    result = trainer.train_step({"data": data, "target": target})
+    assert all(np.isfinite(result[key]) for key in ("loss", "seg_clean", "seg_masked", "context"))
+    assert trainer.mask_value.value.grad is not None

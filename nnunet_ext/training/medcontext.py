@@ -230,8 +230,9 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
             # the schedule is indexed by the global iteration just completed
             ema_update_(self.teacher, self.network, momentum)
         # one device-to-host transfer for all logged values
-        values = torch.stack([loss.detach(), loss_clean.detach(), loss_masked.detach(),
-                              loss_context.detach().float()]).float().cpu().numpy()
+        # (cast first: under autocast the terms can differ in dtype)
+        values = torch.stack([t.detach().float() for t in (loss, loss_clean, loss_masked, loss_context)])
+        values = values.cpu().numpy()
         return {"loss": values[0], "seg_clean": float(values[1]), "seg_masked": float(values[2]),
                 "context": float(values[3]), "context_weight": float(weight), "teacher_momentum": float(momentum)}
 
