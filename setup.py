@@ -36,6 +36,8 @@ setup(
             "nnUNetv2_ext_generate_phantom = nnunet_ext.phantom:main",
             "nnUNetv2_ext_benchmark_cost = nnunet_ext.cost_benchmark:main",
             "nnUNetv2_ext_benchmark = nnunet_ext.benchmark.run:main",
+            "nnUNetv2_ext_preprocess_unlabeled = nnunet_ext.unlabeled:main_preprocess",
+            "nnUNetv2_ext_make_splits = nnunet_ext.splits:main",
         ]
     },
 )
