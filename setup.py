@@ -20,6 +20,7 @@ setup(
         "numpy",
         "scipy",
         "SimpleITK",
+        "nibabel",
         "batchgenerators>=0.25",
         "batchgeneratorsv2",
         "acvl-utils",
