@@ -28,6 +28,7 @@ setup(
         "matplotlib",
         "tqdm",
         "monai",
+        "edt",
     ],
     extras_require={"test": ["pytest"]},
     entry_points={
