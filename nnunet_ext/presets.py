@@ -11,13 +11,12 @@ nnU-Net would plan for that patch size.
 import argparse
 import json
 import os
-import shutil
 from copy import deepcopy
-from datetime import datetime
 from importlib import resources
 
 import numpy as np
 
+from nnunet_ext.datasets import load_plans, plans_file, preprocessed_dataset_folder, replace_json
 from nnunet_ext.errors import UserInputError, run_cli
 
 PRESET_MARKER = "nnunet_ext_preset"
@@ -139,26 +138,6 @@ def _resolved_configuration(plans: dict, configuration: str) -> dict:
     return PlansManager(deepcopy(plans)).get_configuration(configuration).configuration
 
 
-def _preprocessed_dataset_folder(dataset: str) -> str:
-    from nnunetv2.paths import nnUNet_preprocessed
-
-    if not nnUNet_preprocessed.is_set():
-        raise UserInputError("nnUNet_preprocessed is not set. Set the nnU-Net paths first (nnU-Net's "
-                             "documentation/setting_up_paths.md).")
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    try:
-        name = maybe_convert_to_dataset_name(dataset)
-    except RuntimeError as e:
-        raise UserInputError(f"Dataset {dataset} was not found: {e}") from None
-    folder = os.path.join(nnUNet_preprocessed.get(), name)
-    if not os.path.isdir(folder):
-        raise UserInputError(
-            f"Dataset {name} has not been planned and preprocessed yet ({folder} does not exist). Run "
-            f"nnUNetv2_plan_and_preprocess -d {dataset} -c 3d_fullres first.")
-    return folder
-
-
 def add_preset(dataset: str, preset_name: str, plans_identifier: str = "nnUNetPlans",
                configuration_name: str | None = None, overwrite: bool = False) -> str:
     """Add a preset configuration to a dataset's plans file.
@@ -177,14 +156,9 @@ def add_preset(dataset: str, preset_name: str, plans_identifier: str = "nnUNetPl
         The name of the configuration in the plans.
     """
     preset = load_preset(preset_name)
-    folder = _preprocessed_dataset_folder(dataset)
-    plans_file = os.path.join(folder, plans_identifier + ".json")
-    if not os.path.isfile(plans_file):
-        existing = sorted(f[:-5] for f in os.listdir(folder) if f.endswith("Plans.json"))
-        raise UserInputError(f"Plans file {plans_file} does not exist (plans found: {existing}). Pass the "
-                             f"right -p, or plan the dataset with nnUNetv2_plan_and_preprocess first.")
-    with open(plans_file) as f:
-        plans = json.load(f)
+    folder = preprocessed_dataset_folder(dataset)
+    plans_path = plans_file(folder, plans_identifier, dataset)
+    plans = load_plans(folder, plans_identifier, dataset)
     name = configuration_name or preset["name"]
     new_configuration = build_preset_configuration(plans, preset)
 
@@ -199,27 +173,22 @@ def add_preset(dataset: str, preset_name: str, plans_identifier: str = "nnUNetPl
     existing = plans["configurations"].get(name)
     if existing is not None:
         if existing == new_configuration:
-            print(f"Configuration '{name}' is already in {plans_file}; nothing to do.")
+            print(f"Configuration '{name}' is already in {plans_path}; nothing to do.")
             return name
         if PRESET_MARKER not in existing:
             raise UserInputError(
-                f"{plans_file} already has a configuration '{name}' that was not added by nnunet-ext; it is "
+                f"{plans_path} already has a configuration '{name}' that was not added by nnunet-ext; it is "
                 f"left untouched. Choose another name with -n.")
         if not overwrite:
             raise UserInputError(
-                f"{plans_file} already has a different '{name}' configuration from an earlier preset. Pass "
+                f"{plans_path} already has a different '{name}' configuration from an earlier preset. Pass "
                 f"--overwrite to replace it (results trained with it keep their own copy of the plans).")
 
-    backup = f"{plans_file}.{datetime.now():%Y%m%d_%H%M%S_%f}.bak"
-    shutil.copy2(plans_file, backup)
     plans["configurations"][name] = new_configuration
-    tmp = plans_file + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(plans, f, indent=4, sort_keys=False)
-    os.replace(tmp, plans_file)
+    backup = replace_json(plans_path, plans)
     print(f"Added configuration '{name}' (inherits from '{preset['inherits_from']}', patch "
           f"{new_configuration['patch_size']}, features "
-          f"{new_configuration['architecture']['arch_kwargs']['features_per_stage']}) to {plans_file}.\n"
+          f"{new_configuration['architecture']['arch_kwargs']['features_per_stage']}) to {plans_path}.\n"
           f"Backup of the previous plans: {backup}\n"
           f"Train with: nnUNetv2_train {dataset} {name} FOLD -p {plans_identifier} -tr TRAINER")
     return name

@@ -11,9 +11,7 @@ the cases labeled with 3 are among those labeled with 5. The previous file is ba
 import argparse
 import json
 import os
-import shutil
 from copy import deepcopy
-from datetime import datetime
 from typing import List, Optional
 
 import numpy as np
@@ -146,30 +144,18 @@ def write_few_label_splits(dataset, labeled: Optional[int] = None, fraction: Opt
     Returns:
         Path of ``splits_final.json``.
     """
-    from nnunet_ext.presets import _preprocessed_dataset_folder
+    from nnunet_ext.datasets import load_plans, preprocessed_dataset_folder, replace_json
 
     _check_amount(labeled, fraction)
-    folder = _preprocessed_dataset_folder(str(dataset))
-    plans_file = os.path.join(folder, plans_identifier + ".json")
-    if not os.path.isfile(plans_file):
-        raise UserInputError(f"Plans file {plans_file} does not exist. Plan the dataset with "
-                             f"nnUNetv2_plan_and_preprocess -d {dataset} -c 3d_fullres first, or pass the right -p.")
+    folder = preprocessed_dataset_folder(dataset)
+    plans = load_plans(folder, plans_identifier, dataset)  # the dataset must be planned
     path = os.path.join(folder, SPLITS_FILE)
     if os.path.isfile(path):
         splits, origin = _load_splits(path), "existing"
     else:
-        with open(plans_file) as f:
-            splits, origin = _default_splits(folder, json.load(f)), "nnU-Net's default"
+        splits, origin = _default_splits(folder, plans), "nnU-Net's default"
     new_splits = make_few_label_splits(splits, labeled, fraction, seed)
-
-    backup = None
-    if os.path.isfile(path):
-        backup = f"{path}.{datetime.now():%Y%m%d_%H%M%S_%f}.bak"
-        shutil.copy2(path, backup)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(new_splits, f, indent=4)
-    os.replace(tmp, path)
+    backup = replace_json(path, new_splits)
 
     counts = ", ".join(f"fold {i}: {len(s['train'])} labeled / {len(s[UNLABELED_KEY])} unlabeled / "
                        f"{len(s['val'])} val" for i, s in enumerate(new_splits))

@@ -25,6 +25,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from nnunet_ext.datasets import load_plans, preprocessed_dataset_folder
 from nnunet_ext.errors import UserInputError, run_cli
 
 UNLABELED_SUBFOLDER = "imagesUnlabeled"
@@ -42,30 +43,16 @@ def _dataset_folders(dataset: str):
     """Return ``(dataset_name, raw_dataset_folder, preprocessed_dataset_folder)``; raise if not planned."""
     from nnunetv2.paths import nnUNet_raw
 
-    from nnunet_ext.presets import _preprocessed_dataset_folder
-
     if not nnUNet_raw.is_set():
         raise UserInputError("nnUNet_raw is not set. Set the nnU-Net paths first (nnU-Net's "
                              "documentation/setting_up_paths.md).")
-    preprocessed_folder = _preprocessed_dataset_folder(str(dataset))
+    preprocessed_folder = preprocessed_dataset_folder(dataset)
     name = os.path.basename(preprocessed_folder)
     raw_folder = os.path.join(nnUNet_raw.get(), name)
     if not os.path.isfile(os.path.join(raw_folder, "dataset.json")):
         raise UserInputError(f"{os.path.join(raw_folder, 'dataset.json')} does not exist. The raw dataset "
                              f"{name} must stay in $nnUNet_raw to preprocess its unlabeled images.")
     return name, raw_folder, preprocessed_folder
-
-
-def _load_plans(preprocessed_folder: str, plans_identifier: str, dataset: str) -> dict:
-    import json
-
-    plans_file = os.path.join(preprocessed_folder, plans_identifier + ".json")
-    if not os.path.isfile(plans_file):
-        found = sorted(f[:-5] for f in os.listdir(preprocessed_folder) if f.endswith("Plans.json"))
-        raise UserInputError(f"Plans file {plans_file} does not exist (plans found: {found}). Pass the right "
-                             f"-p, or plan the dataset with nnUNetv2_plan_and_preprocess -d {dataset} first.")
-    with open(plans_file) as f:
-        return json.load(f)
 
 
 def _configuration_manager(plans: dict, configuration: str, dataset: str, plans_identifier: str):
@@ -342,7 +329,7 @@ def preprocess_unlabeled(dataset, configurations: Sequence[str] = ("3d_fullres",
     _, raw_folder, preprocessed_folder = _dataset_folders(dataset)
     with open(os.path.join(raw_folder, "dataset.json")) as f:
         dataset_json = json.load(f)
-    plans = _load_plans(preprocessed_folder, plans_identifier, dataset)
+    plans = load_plans(preprocessed_folder, plans_identifier, dataset)
     managers = {c: _configuration_manager(plans, c, dataset, plans_identifier) for c in configurations}
     own_folders = {os.path.join(preprocessed_folder, m.data_identifier) for m in managers.values()}
 
