@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["cosine_momentum", "gaussian_rampup"]
+__all__ = ["cosine_momentum", "gaussian_rampup", "mean_teacher_decay"]
 
 
 def cosine_momentum(step: int, total_steps: int, base: float = 0.996, final: float = 1.0) -> float:
@@ -38,3 +38,24 @@ def gaussian_rampup(step: int, rampup_steps: int) -> float:
         return 1.0
     t = min(max(step / rampup_steps, 0.0), 1.0)
     return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def mean_teacher_decay(step: int, decay: float = 0.99) -> float:
+    """EMA decay of a mean teacher with UA-MT's warm-up: ``min(1 - 1 / (step + 1), decay)``.
+
+    Early on the teacher follows the student closely (decay 0 at step 0, 0.5 at step 1, ...), so it does not
+    average in the random initialisation for hundreds of steps; from ``step = 1 / (1 - decay) - 1`` on the
+    decay is constant.
+
+    Args:
+        step: number of optimiser steps taken before this update (0 for the first update).
+        decay: the constant decay, in [0, 1).
+
+    Returns:
+        The decay (teacher weight) for this update.
+    """
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"decay must lie in [0, 1), got {decay}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return min(1.0 - 1.0 / (step + 1.0), decay)

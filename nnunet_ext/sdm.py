@@ -15,7 +15,8 @@ import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from scipy import ndimage
 
-__all__ = ["signed_distance_map", "multiclass_sdm", "inner_boundary", "SignedDistanceMapTransform"]
+__all__ = ["signed_distance_map", "multiclass_sdm", "inner_boundary", "SignedDistanceMapTransform",
+           "AppendSignedDistanceMapTransform"]
 
 
 def _spacing_tuple(spacing: Optional[Sequence[float]], ndim: int) -> tuple[float, ...]:
@@ -120,14 +121,35 @@ class SignedDistanceMapTransform(BasicTransform):
         self.num_classes = int(num_classes)
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
 
-    def apply(self, data_dict: dict, **params) -> dict:
-        seg = data_dict.get("segmentation")
-        if seg is None:
-            return data_dict
+    def maps(self, seg) -> torch.Tensor:
+        """``(num_classes - 1, *spatial)`` maps of a ``(C, *spatial)`` segmentation or a list of them."""
         if isinstance(seg, (list, tuple)):
             seg = seg[0]
         labels = seg[0].detach().cpu().numpy() if torch.is_tensor(seg) else np.asarray(seg)[0]
         # round: augmented segmentations may arrive as floats
         labels = np.rint(labels).astype(np.int64)
-        data_dict["sdm"] = torch.from_numpy(multiclass_sdm(labels, self.num_classes, self.spacing))
+        return torch.from_numpy(multiclass_sdm(labels, self.num_classes, self.spacing))
+
+    def apply(self, data_dict: dict, **params) -> dict:
+        seg = data_dict.get("segmentation")
+        if seg is not None:
+            data_dict["sdm"] = self.maps(seg)
+        return data_dict
+
+
+class AppendSignedDistanceMapTransform(SignedDistanceMapTransform):
+    """Appends the signed distance maps to ``data_dict['segmentation']`` as its last list element.
+
+    nnU-Net's ``nnUNetDataLoader`` collates only ``image`` and ``segmentation`` (tensor or list of tensors, one
+    per deep-supervision scale), so maps carried this way reach ``train_step`` without a loader subclass:
+    ``batch['target']`` becomes ``[*segmentations, sdm]``. Place it last, after deep-supervision downsampling;
+    the maps are computed from the full-resolution segmentation (element 0 of the list).
+    """
+
+    def apply(self, data_dict: dict, **params) -> dict:
+        seg = data_dict.get("segmentation")
+        if seg is None:
+            return data_dict
+        segmentations = list(seg) if isinstance(seg, (list, tuple)) else [seg]
+        data_dict["segmentation"] = segmentations + [self.maps(segmentations)]
         return data_dict

@@ -64,3 +64,31 @@ def tiny_planned_dataset(tmp_path_factory):
                  "--verify_dataset_integrity"], env)
     run_command(["nnUNetv2_ext_add_preset", "-d", DATASET_ID, "-preset", "3d_tiny"], env)
     return dict(paths, dataset_id=DATASET_ID, dataset_name=DATASET_NAME)
+
+
+SEMI_DATASET_ID = 502
+SEMI_DATASET_NAME = "Dataset502_PhantomSemi"
+
+
+@pytest.fixture(scope="session")
+def tiny_semi_dataset(tmp_path_factory):
+    """Phantom dataset 502 for semi-supervised trainers: 6 labeled + 3 unlabeled + 2 test cases of 24x48x48.
+
+    Planned for 3d_fullres with 3d_tiny added, ``imagesUnlabeled/`` preprocessed, and a few-label split keeping
+    2 labeled cases per fold (the others join the fold's unlabeled pool). Separate from dataset 501 because the
+    split changes what every fold trains on.
+    """
+    from nnunet_ext.phantom import generate_dataset
+
+    root = tmp_path_factory.mktemp("nnunet_semi")
+    paths = {key: str(root / key) for key in ("raw", "preprocessed", "results")}
+    for folder in paths.values():
+        os.makedirs(folder)
+    generate_dataset(paths["raw"], dataset_id=SEMI_DATASET_ID, dataset_name="PhantomSemi", num_train=6,
+                     num_test=2, num_unlabeled=3, shape=(24, 48, 48), seed=1, progress=False)
+    env = nnunet_env(paths)
+    run_command(["nnUNetv2_plan_and_preprocess", "-d", SEMI_DATASET_ID, "-c", "3d_fullres", "-np", "2"], env)
+    run_command(["nnUNetv2_ext_add_preset", "-d", SEMI_DATASET_ID, "-preset", "3d_tiny"], env)
+    run_command(["nnUNetv2_ext_preprocess_unlabeled", "-d", SEMI_DATASET_ID, "-c", "3d_tiny", "-np", "1"], env)
+    run_command(["nnUNetv2_ext_make_splits", "-d", SEMI_DATASET_ID, "--labeled", "2", "--seed", "0"], env)
+    return dict(paths, dataset_id=SEMI_DATASET_ID, dataset_name=SEMI_DATASET_NAME)

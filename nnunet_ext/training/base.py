@@ -25,6 +25,25 @@ from nnunet_ext.plotting import plot_extra_progress
 CHECKPOINT_KEY = "nnunet_ext"
 
 
+def disable_deep_supervision(module: nn.Module) -> None:
+    """Make a (teacher) copy of a dynamic-network-architectures U-Net return its full-resolution output only."""
+    decoder = getattr(unwrap_module(module), "decoder", None)
+    if decoder is not None and hasattr(decoder, "deep_supervision"):
+        decoder.deep_supervision = False
+
+
+def full_resolution(output):
+    """The highest-resolution output (deep supervision returns a list, highest first)."""
+    return output[0] if isinstance(output, (list, tuple)) else output
+
+
+def batch_slice(output_or_list, start, stop):
+    """Samples ``start:stop`` of an output or of each element of a deep-supervision list."""
+    if isinstance(output_or_list, (list, tuple)):
+        return [o[start:stop] for o in output_or_list]
+    return output_or_list[start:stop]
+
+
 class nnUNetTrainerExtBase(nnUNetTrainer):
     """nnU-Net trainer with extra modules, extra per-epoch log values and a recorded set of hyperparameters.
 

@@ -20,7 +20,8 @@ from nnunet_ext.losses import sigmoid_mse, softmax_kl, softmax_mse
 from nnunet_ext.masking import (LearnableMaskValue, block_mask, check_mask_config, default_cell_size,
                                 mixed_organ_block_mask, tube_mask)
 from nnunet_ext.schedules import cosine_momentum, gaussian_rampup
-from nnunet_ext.training.base import nnUNetTrainerExtBase
+from nnunet_ext.training.base import (batch_slice, disable_deep_supervision, full_resolution,
+                                       nnUNetTrainerExtBase)
 
 __all__ = [
     "nnUNetTrainerMedContext",
@@ -35,23 +36,6 @@ __all__ = [
 _CONTEXT_LOSSES = {"mse": softmax_mse, "kl": softmax_kl}
 # region-based training (overlapping labels) has sigmoid outputs, one per region
 _REGION_CONTEXT_LOSSES = {"mse": sigmoid_mse}
-
-
-def _full_resolution(output):
-    """The highest-resolution output (deep supervision returns a list, highest first)."""
-    return output[0] if isinstance(output, (list, tuple)) else output
-
-
-def _batch_slice(output_or_list, start, stop):
-    if isinstance(output_or_list, (list, tuple)):
-        return [o[start:stop] for o in output_or_list]
-    return output_or_list[start:stop]
-
-
-def _disable_deep_supervision(module):
-    decoder = getattr(unwrap_module(module), "decoder", None)
-    if decoder is not None and hasattr(decoder, "deep_supervision"):
-        decoder.deep_supervision = False
 
 
 class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
@@ -105,7 +89,7 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
         self.register_extra_module("mask_value", LearnableMaskValue(self.num_input_channels))
         if self.use_teacher:
             teacher = make_teacher(self.unwrapped_network)
-            _disable_deep_supervision(teacher)  # only the full-resolution output is used
+            disable_deep_supervision(teacher)  # only the full-resolution output is used
             if self._do_i_compile():
                 teacher = torch.compile(teacher)
             self.register_extra_module("teacher", teacher)
@@ -161,7 +145,7 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
         if self.mask_mode == "tube":
             return tube_mask(batch_size, spatial, self.mask_cell_size, self.mask_ratio, axis=self.tube_axis,
                              device=data.device)
-        return mixed_organ_block_mask(_full_resolution(target), self.mask_cell_size, self.mask_ratio,
+        return mixed_organ_block_mask(full_resolution(target), self.mask_cell_size, self.mask_ratio,
                                       self.organ_mask_probability, dilation=self.organ_mask_dilation,
                                       ignore_label=self.label_manager.ignore_label)
 
@@ -190,7 +174,7 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
         if not self.concatenate_student_passes:
             return self.network(clean), self.network(masked)
         output = self.network(torch.cat([clean, masked]))
-        return _batch_slice(output, 0, clean.shape[0]), _batch_slice(output, clean.shape[0], None)
+        return batch_slice(output, 0, clean.shape[0]), batch_slice(output, clean.shape[0], None)
 
     def train_step(self, batch: dict) -> dict:
         data = self.to_device(batch["data"], self.device)
@@ -200,8 +184,8 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
         n_clean = batch_size if self.masked_batch == "duplicate" else batch_size - batch_size // 2
         masked_from = 0 if self.masked_batch == "duplicate" else n_clean
         masked_source = data[masked_from:]
-        masked_target = _batch_slice(target, masked_from, None)
-        clean_target = _batch_slice(target, 0, n_clean)
+        masked_target = batch_slice(target, masked_from, None)
+        clean_target = batch_slice(target, 0, n_clean)
         mask = self.draw_mask(masked_source, masked_target)
         weight = self.context_weight_now() if self.use_teacher else 0.0
 
@@ -216,8 +200,8 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
                 with torch.no_grad():
                     # always the whole clean batch: in "half" mode the arithmetic counts it so (4/3), and on
                     # the CPU a batch of one falls back to PyTorch's slow native convolution (docs/cost.md)
-                    teacher_output = _full_resolution(self.teacher(data))[masked_from:]
-                student_masked = _full_resolution(output_masked)
+                    teacher_output = full_resolution(self.teacher(data))[masked_from:]
+                student_masked = full_resolution(output_masked)
                 losses = _REGION_CONTEXT_LOSSES if self.label_manager.has_regions else _CONTEXT_LOSSES
                 loss_context = losses[self.context_loss](student_masked, teacher_output)
                 loss = loss + weight * loss_context

@@ -7,8 +7,10 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ext.training.medcontext import nnUNetTrainerMedContext, nnUNetTrainerMedContext_halfBatch
+from nnunet_ext.training.simcvd import nnUNetTrainerSimCVD
 
-__all__ = ["nnUNetTrainer_smoke", "nnUNetTrainerMedContext_smoke", "nnUNetTrainerMedContext_halfBatch_smoke"]
+__all__ = ["nnUNetTrainer_smoke", "nnUNetTrainerMedContext_smoke", "nnUNetTrainerMedContext_halfBatch_smoke",
+           "nnUNetTrainerSimCVD_smoke"]
 
 
 class SmokeBudget:
@@ -32,4 +34,8 @@ class nnUNetTrainerMedContext_smoke(SmokeBudget, nnUNetTrainerMedContext):
 
 
 class nnUNetTrainerMedContext_halfBatch_smoke(SmokeBudget, nnUNetTrainerMedContext_halfBatch):
+    pass
+
+
+class nnUNetTrainerSimCVD_smoke(SmokeBudget, nnUNetTrainerSimCVD):
     pass

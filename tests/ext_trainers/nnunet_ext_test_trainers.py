@@ -8,10 +8,21 @@ import signal
 
 import torch
 
-from nnunet_ext.training.smoke import nnUNetTrainerMedContext_smoke
+from nnunet_ext.training.smoke import nnUNetTrainerMedContext_smoke, nnUNetTrainerSimCVD_smoke
 
 
 class nnUNetTrainerMedContext_killedAfterEpoch1(nnUNetTrainerMedContext_smoke):
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 3
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if not self.restored_from_checkpoint and self.current_epoch == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class nnUNetTrainerSimCVD_killedAfterEpoch1(nnUNetTrainerSimCVD_smoke):
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 3

@@ -1,0 +1,119 @@
+"""Reading intermediate features of a segmentation network without changing its class.
+
+SimCVD needs two feature maps of the plans network: the encoder's bottleneck (pair-wise distillation) and the
+decoder's last, full-resolution stage (the signed-distance head sits on it). Forward hooks read them during the
+network's normal forward pass, so ``self.network`` stays exactly the network the plans describe and a
+checkpoint holds nothing but its weights.
+
+Architecture families are located by a small adapter (:func:`locate_unet_features`); an architecture
+without the needed structure gets an error saying what is missing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from torch import Tensor, nn
+
+from nnunet_ext.ema import unwrap_module
+
+__all__ = ["FeatureTap", "UNetFeatureModules", "locate_unet_features", "last_element"]
+
+
+def last_element(output):
+    """The last element of a list/tuple output (an encoder's skips end with the bottleneck), else the output."""
+    return output[-1] if isinstance(output, (list, tuple)) else output
+
+
+class FeatureTap:
+    """Keeps the output of one submodule from its most recent forward call.
+
+    Args:
+        module: the submodule to read (hooked with ``register_forward_hook``).
+        select: maps the module's output to the tensor to keep (default: the output itself).
+
+    The tap holds a reference to the kept tensor (and so to its autograd graph) until :meth:`pop` takes it.
+    Works through DDP and ``torch.compile`` wrappers, since the hook sits on the inner module.
+    """
+
+    def __init__(self, module: nn.Module, select: Optional[Callable] = None):
+        self.select = select
+        self.output: Optional[Tensor] = None
+        self._handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.output = self.select(output) if self.select is not None else output
+
+    def pop(self) -> Tensor:
+        """Return the kept output and forget it; raises if the module did not run since the last pop."""
+        output, self.output = self.output, None
+        if output is None:
+            raise RuntimeError("FeatureTap.pop: the tapped module did not run since the last pop")
+        return output
+
+    def clear(self) -> None:
+        self.output = None
+
+    def remove(self) -> None:
+        """Remove the hook (the module behaves as if never tapped)."""
+        self._handle.remove()
+        self.output = None
+
+
+@dataclass
+class UNetFeatureModules:
+    """Where a U-Net's features are read.
+
+    Attributes:
+        bottleneck: module whose output (after ``bottleneck_select``) is the deepest encoder feature map.
+        bottleneck_select: picks the bottleneck from that module's output.
+        bottleneck_channels: channels of the bottleneck.
+        decoder_last: module whose output is the full-resolution decoder feature map fed to the segmentation
+            layer.
+        decoder_channels: channels of that map.
+    """
+    bottleneck: nn.Module
+    bottleneck_select: Callable
+    bottleneck_channels: int
+    decoder_last: nn.Module
+    decoder_channels: int
+
+    def taps(self) -> tuple[FeatureTap, FeatureTap]:
+        """Hook both modules; returns ``(bottleneck_tap, decoder_tap)``."""
+        return FeatureTap(self.bottleneck, self.bottleneck_select), FeatureTap(self.decoder_last)
+
+
+def locate_unet_features(network: nn.Module) -> UNetFeatureModules:
+    """Adapter for dynamic-network-architectures' U-Nets (PlainConvUNet, ResidualEncoderUNet, ...).
+
+    Their layout: ``encoder`` returns the list of skips (last = bottleneck) and has ``output_channels``;
+    ``decoder.stages[-1]`` computes the full-resolution features that ``decoder.seg_layers[-1]`` maps to logits.
+
+    Args:
+        network: the network, possibly wrapped in DDP or ``torch.compile``.
+
+    Raises:
+        ValueError: naming what the architecture lacks.
+    """
+    net = unwrap_module(network)
+    name = type(net).__name__
+    encoder, decoder = getattr(net, "encoder", None), getattr(net, "decoder", None)
+    missing = [what for what, ok in (
+        ("an 'encoder' module", encoder is not None),
+        ("'encoder.output_channels'", encoder is not None and hasattr(encoder, "output_channels")),
+        ("a 'decoder' with 'stages'", decoder is not None and hasattr(decoder, "stages")),
+        ("'decoder.seg_layers'", decoder is not None and hasattr(decoder, "seg_layers")),
+    ) if not ok]
+    if missing:
+        raise ValueError(
+            f"{name} does not have the U-Net layout of dynamic-network-architectures: it lacks "
+            f"{', '.join(missing)}. SimCVD reads the bottleneck (encoder output) and the last decoder stage "
+            f"(input of the segmentation layer) there; use a plans file with PlainConvUNet or "
+            f"ResidualEncoderUNet, or add an adapter for {name} in nnunet_ext/feature_taps.py.")
+    seg_layer = decoder.seg_layers[-1]
+    decoder_channels = getattr(seg_layer, "in_channels", None)
+    if decoder_channels is None:
+        raise ValueError(f"{name}: decoder.seg_layers[-1] ({type(seg_layer).__name__}) has no 'in_channels'")
+    return UNetFeatureModules(bottleneck=encoder, bottleneck_select=last_element,
+                              bottleneck_channels=int(encoder.output_channels[-1]),
+                              decoder_last=decoder.stages[-1], decoder_channels=int(decoder_channels))
