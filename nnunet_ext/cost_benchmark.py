@@ -53,6 +53,8 @@ MIB = 2 ** 20
 # halfBatch: student on B = 3, teacher fwd counted on the whole batch = 1 -> 4/3 (an upper bound: the
 # teacher sees half the batch). noTeacher: student on 2B = 6 -> 2. Subclasses inherit their parent's floor.
 ARITHMETIC_FLOOR = {
+    # SimCVD: student fwd+bwd on B labeled + B unlabeled = 6, teacher fwd on B unlabeled = 1 -> 7/3
+    "nnUNetTrainerSimCVD": 7 / 3,
     "nnUNetTrainerMedContext": 7 / 3,
     "nnUNetTrainerMedContext_halfBatch": 4 / 3,
     "nnUNetTrainerMedContext_noTeacher": 2.0,
@@ -61,9 +63,9 @@ ARITHMETIC_FLOOR = {
 MEMORY_DEFINITION = {
     "cuda": "training working memory on CUDA: torch.cuda.max_memory_allocated() during each training step "
             "(reset before the step), minus the memory the other trainers sharing the device held at that "
-            "moment, minus this trainer's memory allocated right after initialisation (network, teacher, "
-            "mask value); the maximum over the steps after warm-up. It covers activations, gradients, "
-            "optimiser state and autocast copies, not the CUDA context or the caching allocator's unused "
+            "moment, minus this trainer's memory allocated right after initialisation (network and extra "
+            "modules such as teachers and heads); the maximum over the steps after warm-up. It covers "
+            "activations, gradients, optimiser state and autocast copies, not the CUDA context or the caching allocator's unused "
             "reserve.",
     "cpu": "training working memory on CPU: each trainer runs its steps alone in a fresh process "
            "(multiprocessing 'spawn') on the same batches: peak RSS of the steps after warm-up (VmHWM, "
@@ -340,7 +342,24 @@ def _copy_batch(batch: dict, pin: bool = False) -> dict:
 
     target = batch["target"]
     target = [copy(t) for t in target] if isinstance(target, (list, tuple)) else copy(target)
-    return {"data": copy(batch["data"]), "target": target}
+    copied = {"data": copy(batch["data"]), "target": target}
+    if "unlabeled" in batch:  # semi-supervised trainers' batches carry an unlabeled batch
+        copied["unlabeled"] = copy(batch["unlabeled"])
+    return copied
+
+
+def trainer_batches(trainer, batches: List[dict]) -> List[dict]:
+    """The shared batches in the form ``trainer`` trains on.
+
+    Trainers whose batches carry more than nnU-Net's (SimCVD: signed distance maps computed by the loader's
+    workers, an unlabeled batch) define ``complete_batch``; it runs here, before and outside the timing, as it
+    runs in the data-loading workers during training. The labeled part stays the same for every trainer.
+    """
+    complete = getattr(trainer, "complete_batch", None)
+    if complete is None:
+        return batches
+    with _quiet():
+        return [_copy_batch(complete(_copy_batch(batch))) for batch in batches]
 
 
 # ---------------------------------------------------------------- training steps
@@ -408,16 +427,18 @@ def time_training_steps(trainers: dict, batches: List[dict], device: torch.devic
                         ledger: Optional[CudaMemoryLedger] = None) -> Dict[str, List[float]]:
     """Seconds of every step of every trainer (warm-up included); step i of all trainers runs before step i + 1.
 
-    The order of the trainers is rotated every step, so that none always follows the same one. The ledger
-    counts peaks of the steps after ``warmup`` only.
+    Every trainer gets the same labeled batches (completed by :func:`trainer_batches` where a trainer needs
+    more). The order of the trainers is rotated every step, so that none always follows the same one. The
+    ledger counts peaks of the steps after ``warmup`` only.
     """
     from tqdm import tqdm
 
     names = list(trainers)
+    own = {name: trainer_batches(trainers[name], batches) for name in names}
     seconds = {name: [] for name in names}
-    for i, batch in enumerate(tqdm(batches, desc="training steps (all trainers)", unit="step", file=sys.stderr)):
+    for i in tqdm(range(len(batches)), desc="training steps (all trainers)", unit="step", file=sys.stderr):
         for name in names[i % len(names):] + names[:i % len(names)]:
-            seconds[name].append(_timed_step(trainers[name], name, batch, device, ledger, i >= warmup))
+            seconds[name].append(_timed_step(trainers[name], name, own[name][i], device, ledger, i >= warmup))
     return seconds
 
 
@@ -457,7 +478,7 @@ def _cpu_memory_worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     trainer = make_trainer(_find_trainer_class(spec["trainer"]), spec["setup"], torch.device("cpu"),
                            spec["seed"])
-    batches = torch.load(spec["batches_file"], weights_only=True)
+    batches = trainer_batches(trainer, torch.load(spec["batches_file"], weights_only=True))
     gc.collect()
     rss_after_init = _proc_status_bytes("VmRSS")
     with _quiet():

@@ -10,9 +10,12 @@ ignores this folder, so existing datasets keep working.
 configuration's preprocessor class exactly as labeled cases (transpose, crop, normalise, resample) and saved
 in the on-disk format of the labeled folder, so nnU-Net's dataset class reads them.
 
-nnU-Net's dataset classes always load a segmentation, so every unlabeled case gets an all ``-1``
-segmentation (int8, shape ``(1, *data.shape[1:])``): ``-1`` means "outside the annotated region" to
-nnU-Net, i.e. no voxel carries a label. Properties have ``class_locations = {}``.
+nnU-Net's dataset classes always load a segmentation, so every unlabeled case gets the one nnU-Net's
+preprocessor makes for an image without a label (int8, shape ``(1, *data.shape[1:])``): ``-1`` outside the
+image's nonzero region, ``0`` inside. It carries no label; it only marks the region that nnU-Net's masked
+normalisation and its ``MaskImageTransform`` augmentation keep (an all ``-1`` map would blank every image of a
+dataset normalised with ``use_mask_for_norm``). Trainers never use it as a target. Properties have
+``class_locations = {}``.
 
 The run is incremental: a case is written under ``.partial/`` and moved into place with its ``.pkl`` last,
 so an interrupted run leaves no case that counts as done; finished cases are skipped on the next run.
@@ -82,12 +85,14 @@ def unlabeled_folder(preprocessed_dataset_folder: str, configuration_manager) ->
 # ---------------------------------------------------------------------------------------------------------
 # listing and checking raw cases
 # ---------------------------------------------------------------------------------------------------------
-def list_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Dict[str, List[str]]:
-    """List the cases of ``imagesUnlabeled/`` with one file per channel.
+def list_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict,
+                         subfolder: str = UNLABELED_SUBFOLDER) -> Dict[str, List[str]]:
+    """List the cases of ``imagesUnlabeled/`` (or another image folder) with one file per channel.
 
     Args:
         raw_dataset_folder: ``$nnUNet_raw/DatasetXXX_Name``.
         dataset_json: the dataset's ``dataset.json`` (``channel_names``, ``file_ending``).
+        subfolder: the image folder inside the raw dataset folder.
 
     Returns:
         ``{case_id: [channel 0 file, channel 1 file, ...]}`` (absolute paths), sorted by case id.
@@ -96,7 +101,7 @@ def list_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Dict[st
         UserInputError: the folder is missing or empty, a file name does not follow ``CASE_XXXX``, or a case
             lacks a channel file or has one too many.
     """
-    folder = os.path.join(raw_dataset_folder, UNLABELED_SUBFOLDER)
+    folder = os.path.join(raw_dataset_folder, subfolder)
     ending = dataset_json["file_ending"]
     if not os.path.isdir(folder):
         raise UserInputError(
@@ -257,10 +262,10 @@ def _process_case(job: dict) -> str:
     _check_array(case, files, data, properties["spacing"], job["plans"])
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
     # run_case() without a segmentation, split so that the image is read (and checked) once
-    data, _, properties = preprocessor.run_case_npy(data, None, properties, plans_manager, configuration_manager,
-                                                    job["dataset_json"])
+    data, seg, properties = preprocessor.run_case_npy(data, None, properties, plans_manager, configuration_manager,
+                                                      job["dataset_json"])
     data = data.astype(np.float32, copy=False)
-    seg = np.full((1, *data.shape[1:]), -1, dtype=np.int8)  # no labels anywhere (see module docstring)
+    seg = np.where(seg >= 0, 0, -1).astype(np.int8)  # the nonzero-region marker only (see module docstring)
     properties["class_locations"] = {}
 
     partial = os.path.join(out_folder, _PARTIAL, case)
@@ -349,17 +354,35 @@ def preprocess_unlabeled(dataset, configurations: Sequence[str] = ("3d_fullres",
                                  f"data_identifier.")
         labeled = os.path.join(preprocessed_folder, manager.data_identifier)
         dataset_class = _labeled_dataset_class(labeled, dataset, configuration, plans_identifier)
-        os.makedirs(out_folder, exist_ok=True)
-        shutil.rmtree(os.path.join(out_folder, _PARTIAL), ignore_errors=True)  # leftovers of a killed run
-        todo = [c for c in cases if not _is_complete(out_folder, dataset_class, c)]
-        print(f"{configuration}: {len(cases) - len(todo)} of {len(cases)} unlabeled cases already done in "
-              f"{out_folder}; preprocessing {len(todo)}.")
-        jobs = [{"case": c, "files": cases[c], "out_folder": out_folder, "plans": plans,
-                 "configuration": configuration, "dataset_json": dataset_json, "dataset_class": dataset_class}
-                for c in todo]
-        _run_jobs(jobs, num_processes, f"Unlabeled ({configuration})")
+        preprocess_image_cases(cases, plans, configuration, dataset_json, dataset_class, out_folder,
+                               num_processes, f"Unlabeled ({configuration})")
         done_folders.add(out_folder)
     return outputs
+
+
+def preprocess_image_cases(cases: Dict[str, List[str]], plans: dict, configuration: str, dataset_json: dict,
+                           dataset_class, out_folder: str, num_processes: int, description: str) -> None:
+    """Preprocess image-only cases with a configuration's plans into ``out_folder`` (incremental, atomic).
+
+    Args:
+        cases: ``{case_id: [channel files]}`` (see :func:`list_unlabeled_cases`).
+        plans: the plans whose configuration (spacing, normalisation) is applied.
+        configuration: configuration name in ``plans``.
+        dataset_json: ``dataset.json`` of the dataset that owns ``plans`` (its normalisation schemes).
+        dataset_class: nnU-Net dataset class that writes the on-disk format.
+        out_folder: output folder; finished cases in it are skipped, a half-written one is redone.
+        num_processes: worker processes.
+        description: progress bar label.
+    """
+    os.makedirs(out_folder, exist_ok=True)
+    shutil.rmtree(os.path.join(out_folder, _PARTIAL), ignore_errors=True)  # leftovers of a killed run
+    todo = [c for c in cases if not _is_complete(out_folder, dataset_class, c)]
+    print(f"{configuration}: {len(cases) - len(todo)} of {len(cases)} cases already done in {out_folder}; "
+          f"preprocessing {len(todo)}.")
+    jobs = [{"case": c, "files": cases[c], "out_folder": out_folder, "plans": plans,
+             "configuration": configuration, "dataset_json": dataset_json, "dataset_class": dataset_class}
+            for c in todo]
+    _run_jobs(jobs, num_processes, description)
 
 
 def main_preprocess(argv=None):

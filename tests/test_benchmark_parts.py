@@ -20,6 +20,9 @@ def test_folds_share_validation_and_nest_labeled_sets():
         assert fold["val"] == val
         assert not set(fold["train"]) & set(val)
         assert len(fold["train"]) == entry["num_labeled"] == max(1, round(entry["fraction"] * 16))
+        # the rest of the pool is the fold's unlabeled pool, disjoint from labeled and validation cases
+        assert not set(fold["unlabeled"]) & (set(fold["train"]) | set(val))
+        assert len(fold["unlabeled"]) == 16 - len(fold["train"])
     by_key = {(m["seed"], m["fraction"]): set(f["train"]) for f, m in zip(folds, manifest)}
     for seed in (0, 1):
         assert by_key[(seed, 0.1)] <= by_key[(seed, 0.25)] <= by_key[(seed, 1.0)]

@@ -184,7 +184,8 @@ class _FakeDataset:
 
     def load_case(self, identifier):
         data = self.cases[identifier]
-        seg = np.ones((1, *data.shape[1:]), dtype=np.int8)  # a real label that must not come out
+        seg = np.full((1, *data.shape[1:]), 3, dtype=np.int8)  # a real label that must not come out ...
+        seg[0, 0] = -1  # ... and nnU-Net's marker of the region outside the image's nonzero mask
         return data, seg, None, {"class_locations": {1: [[0, 0, 0, 0]]}, "spacing": [1, 1, 1]}
 
 
@@ -195,10 +196,12 @@ def test_unlabeled_pool_hides_labels_and_keeps_equal_names_apart():
     assert pool.identifiers == ["imagesTr/a", "imagesUnlabeled/a", "imagesUnlabeled/b"] and len(pool) == 3
     data, seg, seg_prev, properties = pool.load_case("imagesTr/a")
     assert np.all(data == 7.0) and seg_prev is None
-    assert seg.shape == (1, 5, 5, 5) and np.all(seg == -1)
+    # only the nonzero-region marker survives: -1 outside, 0 (not the label 3) inside
+    assert seg.shape == (1, 5, 5, 5) and seg.dtype == np.int8
+    assert np.all(seg[0, 0] == -1) and np.all(seg[0, 1:] == 0)
     assert properties["class_locations"] == {} and properties["spacing"] == [1, 1, 1]
     _, seg, _, _ = pool["imagesUnlabeled/b"]
-    assert seg.shape == (1, 2, 3, 4) and np.all(seg == -1)
+    assert seg.shape == (1, 2, 3, 4) and set(np.unique(seg)) == {-1, 0}
 
 
 def test_split_unlabeled_cases(tmp_path):

@@ -21,10 +21,10 @@ DATASET_NAME = "PhantomBenchmark"
 
 MODES = {
     # <= 15 minutes on 2 CPU cores: shows the pipeline end to end, not converged
-    "quick": dict(num_train=14, num_val=4, num_test=6, shape=(32, 64, 64), configuration="3d_small",
+    "quick": dict(num_train=14, num_val=4, num_test=6, num_unlabeled=6, shape=(32, 64, 64), configuration="3d_small",
                   fractions=(0.2, 1.0), seeds=(0,), epochs=12, iterations=20, val_iterations=2, tta=False),
     # sized for a GPU (runs on a CPU in many hours): 3 seeds, 10/20/100 % labels
-    "full": dict(num_train=60, num_val=10, num_test=20, shape=(40, 80, 80), configuration="3d_small",
+    "full": dict(num_train=60, num_val=10, num_test=20, num_unlabeled=30, shape=(40, 80, 80), configuration="3d_small",
                  fractions=(0.1, 0.2, 1.0), seeds=(0, 1, 2), epochs=60, iterations=100, val_iterations=10,
                  tta=True),
 }
@@ -86,7 +86,8 @@ class Benchmark:
 
         s = self.settings
         generate_dataset(self.paths["raw"], DATASET_ID, DATASET_NAME, num_train=s["num_train"],
-                         num_test=s["num_test"], shape=s["shape"], seed=0, progress=False)
+                         num_test=s["num_test"], num_unlabeled=s["num_unlabeled"], shape=s["shape"], seed=0,
+                         progress=False)
         plans = os.path.join(self.paths["preprocessed"], self.dataset, "nnUNetPlans.json")
         if not os.path.isfile(plans):
             self.command([_bin("nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", "3d_fullres", "-np", 2,
@@ -94,6 +95,10 @@ class Benchmark:
         if s["configuration"] not in ("3d_fullres", "2d", "3d_lowres"):
             self.command([_bin("nnUNetv2_ext_add_preset"), "-d", DATASET_ID, "-preset", s["configuration"]],
                          "add_preset.log")
+        if s["num_unlabeled"] > 0:
+            # incremental: finished cases are skipped on a re-run
+            self.command([_bin("nnUNetv2_ext_preprocess_unlabeled"), "-d", DATASET_ID, "-c", s["configuration"],
+                          "-np", 2], "preprocess_unlabeled.log")
 
     def write_splits(self) -> list:
         from nnunet_ext.benchmark.splits import label_efficiency_folds
@@ -236,7 +241,7 @@ def main(argv=None):
                         help="only these trainers (default: all in methods.json)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"))
     parser.add_argument("--num-proc-DA", type=int, default=2, help="augmentation workers per training run")
-    for key, kind in (("num_train", int), ("num_val", int), ("num_test", int), ("epochs", int),
+    for key, kind in (("num_train", int), ("num_val", int), ("num_test", int), ("num_unlabeled", int), ("epochs", int),
                       ("iterations", int), ("val_iterations", int)):
         parser.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
                             help=f"override the mode's {key} (quick: {MODES['quick'][key]}, full: {MODES['full'][key]})")
@@ -250,7 +255,7 @@ def main(argv=None):
     def run():
         mode = "quick" if args.quick else "full"
         settings = dict(MODES[mode])
-        for key in ("num_train", "num_val", "num_test", "epochs", "iterations", "val_iterations", "shape",
+        for key in ("num_train", "num_val", "num_test", "num_unlabeled", "epochs", "iterations", "val_iterations", "shape",
                     "fractions", "seeds", "configuration"):
             if getattr(args, key) is not None:
                 settings[key] = getattr(args, key)

@@ -22,7 +22,8 @@ def label_efficiency_folds(case_ids: Sequence[str], num_val: int, fractions: Seq
         seeds: one labeled subset per seed and fraction.
 
     Returns:
-        ``(folds, manifest)``: ``folds[k] = {"train": [...], "val": [...]}`` for ``splits_final.json``, and
+        ``(folds, manifest)``: ``folds[k] = {"train": [...], "val": [...], "unlabeled": [...]}`` for
+        ``splits_final.json`` (``unlabeled``: the rest of the pool, for semi-supervised trainers), and
         ``manifest[k] = {"fold": k, "fraction": f, "seed": s, "num_labeled": n}``.
     """
     ids = sorted(case_ids)
@@ -40,5 +41,6 @@ def label_efficiency_folds(case_ids: Sequence[str], num_val: int, fractions: Seq
         for fraction in fractions:
             n = max(1, int(round(fraction * len(pool))))
             manifest.append({"fold": len(folds), "fraction": float(fraction), "seed": int(seed), "num_labeled": n})
-            folds.append({"train": sorted(permuted[:n]), "val": val})
+            # the pool's other cases are the fold's unlabeled cases (labels never read by training)
+            folds.append({"train": sorted(permuted[:n]), "val": val, "unlabeled": sorted(permuted[n:])})
     return folds, manifest

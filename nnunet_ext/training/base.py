@@ -32,6 +32,10 @@ def disable_deep_supervision(module: nn.Module) -> None:
         decoder.deep_supervision = False
 
 
+def _cpu_state_dict(module: nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in unwrap_module(module).state_dict().items()}
+
+
 def full_resolution(output):
     """The highest-resolution output (deep supervision returns a list, highest first)."""
     return output[0] if isinstance(output, (list, tuple)) else output
@@ -181,7 +185,9 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
             self.print_to_log_file("No checkpoint written, checkpointing is disabled")
             return
         checkpoint = {
-            "network_weights": self.unwrapped_network.state_dict(),
+            # on the CPU, so that -pretrained_weights (torch.load without map_location) also works on a machine
+            # without the device the checkpoint was written on
+            "network_weights": _cpu_state_dict(self.unwrapped_network),
             "optimizer_state": self.optimizer.state_dict(),
             "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
             "logging": self.logger.get_checkpoint(),
@@ -195,7 +201,7 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
                 "trainer_name": self.__class__.__name__,
                 "hyperparameters": self.method_hyperparameters(),
                 "global_step": self.global_step,
-                "modules": {name: unwrap_module(m).state_dict() for name, m in self._extra_modules.items()},
+                "modules": {name: _cpu_state_dict(m) for name, m in self._extra_modules.items()},
             },
         }
         tmp = filename + ".tmp"

@@ -8,9 +8,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ext.training.medcontext import nnUNetTrainerMedContext, nnUNetTrainerMedContext_halfBatch
 from nnunet_ext.training.simcvd import nnUNetTrainerSimCVD
+from nnunet_ext.training.volume_fusion import nnUNetTrainerVolumeFusion
 
 __all__ = ["nnUNetTrainer_smoke", "nnUNetTrainerMedContext_smoke", "nnUNetTrainerMedContext_halfBatch_smoke",
-           "nnUNetTrainerSimCVD_smoke"]
+           "nnUNetTrainerSimCVD_smoke", "nnUNetTrainerVolumeFusion_smoke"]
 
 
 class SmokeBudget:
@@ -38,4 +39,8 @@ class nnUNetTrainerMedContext_halfBatch_smoke(SmokeBudget, nnUNetTrainerMedConte
 
 
 class nnUNetTrainerSimCVD_smoke(SmokeBudget, nnUNetTrainerSimCVD):
+    pass
+
+
+class nnUNetTrainerVolumeFusion_smoke(SmokeBudget, nnUNetTrainerVolumeFusion):
     pass

@@ -2,8 +2,9 @@
 
 Pool = the configuration's preprocessed ``imagesUnlabeled/`` cases (``<data_identifier>_unlabeled/``, written by
 ``nnUNetv2_ext_preprocess_unlabeled``) + the training cases that ``nnUNetv2_ext_make_splits`` moved to the
-fold's ``unlabeled`` key. Labels of the latter are never read: the pool hands out an all ``-1`` segmentation
-("no label anywhere") and no class locations, whatever is on disk.
+fold's ``unlabeled`` key. Labels of the latter are never used: the pool hands out only nnU-Net's nonzero-region marker of each case
+(``-1`` outside the image's nonzero region, ``0`` inside; nnU-Net's masked-normalisation augmentation needs it)
+and no class locations. Trainers never use the pool's segmentations as targets.
 """
 import os
 from typing import Dict, List, Optional, Tuple
@@ -15,7 +16,7 @@ from nnunet_ext.errors import UserInputError
 from nnunet_ext.splits import UNLABELED_KEY
 from nnunet_ext.unlabeled import OUTPUT_SUFFIX
 
-__all__ = ["UnlabeledPool", "split_unlabeled_cases", "build_unlabeled_pool"]
+__all__ = ["UnlabeledPool", "split_unlabeled_cases", "build_unlabeled_pool", "build_pretraining_pool"]
 
 _FROM_UNLABELED_FOLDER = "imagesUnlabeled/"
 _FROM_SPLIT = "imagesTr/"
@@ -46,10 +47,10 @@ class UnlabeledPool:
 
     def load_case(self, identifier: str):
         dataset, case = self._cases[identifier]
-        data, _, _, properties = dataset.load_case(case)
-        # the label on disk (if any) is discarded unread: -1 is nnU-Net's "not annotated"
-        seg = np.full((1, *data.shape[1:]), -1, dtype=np.int8)
-        return data, seg, None, dict(properties, class_locations={})
+        data, seg, _, properties = dataset.load_case(case)
+        # keep only the nonzero-region marker (-1 outside): label values are dropped here
+        region = np.where(np.asarray(seg[:1]) >= 0, 0, -1).astype(np.int8)
+        return data, region, None, dict(properties, class_locations={})
 
 
 def split_unlabeled_cases(splits_file: str, fold) -> List[str]:
@@ -105,3 +106,19 @@ def build_unlabeled_pool(dataset_class, preprocessed_dataset_folder_base: str, p
             f"nnUNetv2_ext_preprocess_unlabeled -d {dataset_name} -c {configuration}, or keep only some training "
             f"cases labeled with nnUNetv2_ext_make_splits -d {dataset_name} --fraction 0.2 (or --labeled N).")
     return pool
+
+
+def build_pretraining_pool(dataset_class, preprocessed_dataset_folder_base: str, preprocessed_folder: str,
+                           data_identifier: str) -> UnlabeledPool:
+    """Volume Fusion's pool: every preprocessed training image of the target (labels unused), its
+    ``imagesUnlabeled/`` and the extra datasets prepared by ``nnUNetv2_ext_prepare_pretraining``."""
+    from nnunet_ext.pretraining import pretraining_folders
+
+    sources = [(_FROM_SPLIT, dataset_class(preprocessed_folder))]
+    unlabeled_folder = os.path.join(preprocessed_dataset_folder_base, data_identifier + OUTPUT_SUFFIX)
+    if os.path.isdir(unlabeled_folder) and dataset_class.get_identifiers(unlabeled_folder):
+        sources.append((_FROM_UNLABELED_FOLDER, dataset_class(unlabeled_folder)))
+    for name, folder in pretraining_folders(preprocessed_dataset_folder_base, data_identifier).items():
+        if dataset_class.get_identifiers(folder):
+            sources.append((name + "/", dataset_class(folder)))
+    return UnlabeledPool(sources)
