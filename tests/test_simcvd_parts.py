@@ -118,8 +118,15 @@ def test_signed_distance_head(spatial_dims, shape):
     out = head(torch.randn(*shape) * 100)
     assert out.shape == (shape[0], 3, *shape[2:])
     assert out.abs().max() <= 1.0
-    expected = torch.tanh(head.conv(torch.ones(*shape)))
-    assert torch.allclose(head(torch.ones(*shape)), expected)
+    features = torch.randn(*shape, requires_grad=True)
+    out = head(features)
+    expected = torch.tanh(head.conv(features))  # the convolution it stands for
+    assert torch.allclose(out, expected, atol=1e-6)
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, [features, head.conv.weight, head.conv.bias], grad)
+    reference = torch.autograd.grad(expected, [features, head.conv.weight, head.conv.bias], grad)
+    for a, b in zip(ours, reference):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_simcvd_heads_shapes():
