@@ -41,6 +41,7 @@ setup(
             "nnUNetv2_ext_preprocess_unlabeled = nnunet_ext.unlabeled:main_preprocess",
             "nnUNetv2_ext_make_splits = nnunet_ext.splits:main",
             "nnUNetv2_ext_prepare_pretraining = nnunet_ext.pretraining:main",
+            "nnUNetv2_ext_check_pretrained = nnunet_ext.pretrained_check:main",
         ]
     },
 )

@@ -189,3 +189,63 @@ def test_extra_dataset_with_other_channels_is_refused(tiny_semi_dataset, tmp_pat
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# ---------------------------------------------------------------- pretrained weights that do not fit
+def test_check_pretrained_command(pretrained, tmp_path):
+    ds = pretrained
+    env = nnunet_env(ds)
+    ok = run_command(["nnUNetv2_ext_check_pretrained", "-d", ds["dataset_id"], "-c", CONFIG,
+                      "-pretrained_weights", ds["checkpoint"]], env)
+    assert "OK:" in ok.stdout
+    bad = run_command(["nnUNetv2_ext_check_pretrained", "-d", ds["dataset_id"], "-c", "3d_fullres",
+                       "-pretrained_weights", ds["checkpoint"]], env, check=False)
+    assert bad.returncode != 0
+    assert "do not fit configuration '3d_fullres' of Dataset502_PhantomSemi" in bad.stderr
+    assert "encoder.stages.0.0.convs.0.conv.weight: this network" in bad.stderr
+    assert "configuration 3d_tiny" in bad.stderr and "nnUNetv2_train Dataset502_PhantomSemi 3d_tiny FOLD" in bad.stderr
+    # a CPU copy is written beside, never over the input
+    copy = tmp_path / "cpu_copy.pth"
+    run_command(["nnUNetv2_ext_check_pretrained", "-d", ds["dataset_id"], "-c", CONFIG, "-pretrained_weights",
+                 ds["checkpoint"], "-o", copy], env)
+    original = torch.load(ds["checkpoint"], map_location="cpu", weights_only=False)["network_weights"]
+    copied = torch.load(copy, weights_only=False)["network_weights"]
+    assert all(torch.equal(original[k], copied[k]) for k in original)
+    again = run_command(["nnUNetv2_ext_check_pretrained", "-d", ds["dataset_id"], "-c", CONFIG,
+                         "-pretrained_weights", ds["checkpoint"], "-o", copy], env, check=False)
+    assert again.returncode != 0 and "nothing is overwritten" in again.stderr
+
+
+def test_our_trainers_refuse_mismatched_pretrained_weights_before_nnunet(pretrained):
+    ds = pretrained
+    result = run_command(["nnUNetv2_train", ds["dataset_id"], "3d_fullres", 0, "-tr", "nnUNetTrainerMedContext_smoke",
+                          "-device", "cpu", "-pretrained_weights", ds["checkpoint"]], nnunet_env(ds, training=True),
+                         check=False)
+    assert result.returncode != 0
+    assert "layers differ" in result.stderr and "AssertionError" not in result.stderr
+    assert "Fine-tune with the same plans and configuration" in result.stderr
+
+
+def test_checkpoint_file_problems(tmp_path):
+    from nnunet_ext.errors import UserInputError
+    from nnunet_ext.pretrained_check import read_checkpoint, shape_mismatches, storage_locations
+
+    truncated = tmp_path / "truncated.pth"
+    torch.save({"network_weights": {"a": torch.zeros(100)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(UserInputError, match="truncated or not a PyTorch checkpoint"):
+        read_checkpoint(str(truncated))
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(UserInputError, match="has no 'network_weights'"):
+        read_checkpoint(str(foreign))
+    with pytest.raises(UserInputError, match="do not exist"):
+        read_checkpoint(str(tmp_path / "missing.pth"))
+    assert storage_locations(str(foreign)) == set()
+    cpu = tmp_path / "cpu.pth"
+    torch.save({"network_weights": {"a": torch.zeros(2)}}, cpu)
+    assert storage_locations(str(cpu)) == {"cpu"}
+    ours = {"a.weight": (2, 3), "b.weight": (4,), "x.seg_layers.0.weight": (5, 2)}
+    theirs = {"a.weight": (2, 3), "b.weight": (5,), "x.seg_layers.0.weight": (3, 2)}
+    assert shape_mismatches(ours, theirs) == [("b.weight", (4,), (5,))]
+    assert shape_mismatches(ours, {"a.weight": (2, 3)}) == [("b.weight", (4,), None)]

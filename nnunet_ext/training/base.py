@@ -21,6 +21,7 @@ from nnunet_ext import __version__
 from nnunet_ext.ema import unwrap_module
 from nnunet_ext.errors import UserInputError
 from nnunet_ext.plotting import plot_extra_progress
+from nnunet_ext.pretrained_check import check_pretrained_weights, pretrained_weights_argument
 
 CHECKPOINT_KEY = "nnunet_ext"
 
@@ -80,6 +81,11 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
         self.print_to_log_file(f"{self.__class__.__name__} (nnunet-ext {__version__}) hyperparameters: "
                                f"{hyperparameters}")
         self.logger.update_config({"nnunet_ext": hyperparameters})
+        pretrained = pretrained_weights_argument()
+        if pretrained is not None:
+            # before nnU-Net's loader, whose assertion names one key and cannot read GPU checkpoints on a CPU
+            check_pretrained_weights(self.network, pretrained, self.plans_manager.dataset_name,
+                                     self.configuration_name, self.plans_manager.plans_name)
 
     def _check_preprocessed_data(self):
         if self.preprocessed_dataset_folder is not None and not os.path.isdir(self.preprocessed_dataset_folder):
