@@ -53,6 +53,8 @@ MIB = 2 ** 20
 # halfBatch: student on B = 3, teacher fwd counted on the whole batch = 1 -> 4/3 (an upper bound: the
 # teacher sees half the batch). noTeacher: student on 2B = 6 -> 2. Subclasses inherit their parent's floor.
 ARITHMETIC_FLOOR = {
+    # Volume Fusion: the baseline's step on a fused batch (the fusion itself is elementwise)
+    "nnUNetTrainerVolumeFusion": 1.0,
     # SimCVD: student fwd+bwd on B labeled + B unlabeled = 6, teacher fwd on B unlabeled = 1 -> 7/3
     "nnUNetTrainerSimCVD": 7 / 3,
     "nnUNetTrainerMedContext": 7 / 3,
@@ -616,6 +618,9 @@ def _measure_inference(args, trainers: dict, device: torch.device):
         return None, None
     predictors = {}
     for name, trainer in trainers.items():
+        # pretraining trainers (Volume Fusion) predict a pretext task, not the dataset's labels: no inference
+        if getattr(trainer, "pretraining_only", False):
+            continue
         export_for_inference(trainer)
         predictors[name] = make_predictor(trainer, device)
     image, identifier = load_inference_case(next(iter(trainers.values())))
@@ -667,8 +672,8 @@ def _trainer_summary(name, floor, seconds, warmup, memory, inference) -> dict:
         "step_iqr_s": [float(np.percentile(timed, 25)), float(np.percentile(timed, 75))],
         "arithmetic_floor": floor,
         "memory": None if memory is None else memory[name],
-        "inference_seconds": None if inference is None else inference[name],
-        "inference_median_s": None if inference is None else _median(inference[name]),
+        "inference_seconds": None if inference is None or name not in inference else inference[name],
+        "inference_median_s": None if inference is None or name not in inference else _median(inference[name]),
     }
     return summary
 

@@ -9,7 +9,7 @@ from conftest import run_command
 def test_quick_benchmark_tiny(tmp_path):
     work = tmp_path / "bench"
     args = ["nnUNetv2_ext_benchmark", "--quick", "--work", work, "-tr", "nnUNetTrainer", "nnUNetTrainerMedContext",
-            "nnUNetTrainerSimCVD", "--num-train", 5, "--num-val", 1, "--num-test", 2, "--num-unlabeled", 2, "--shape", 24, 48, 48, "-c", "3d_tiny",
+            "nnUNetTrainerSimCVD", "VolumeFusion+nnUNetTrainer", "--num-train", 5, "--num-val", 1, "--num-test", 2, "--num-unlabeled", 2, "--shape", 24, 48, 48, "-c", "3d_tiny",
             "--epochs", 1, "--iterations", 2, "--val-iterations", 1, "--fractions", 0.5, "--seeds", 0,
             "--num-proc-DA", 0]
     env = dict(os.environ, nnUNet_compile="f")
@@ -19,9 +19,15 @@ def test_quick_benchmark_tiny(tmp_path):
         assert (report / name).is_file(), name
     with open(report / "results_per_case.csv") as f:
         rows = list(csv.DictReader(f))
-    # 3 trainers x 1 fold x 2 test cases x 7 organs
-    assert len(rows) == 3 * 2 * 7
-    assert {r["trainer"] for r in rows} == {"nnUNetTrainer", "nnUNetTrainerMedContext", "nnUNetTrainerSimCVD"}
+    # 4 methods x 1 fold x 2 test cases x 7 organs
+    assert len(rows) == 4 * 2 * 7
+    assert {r["trainer"] for r in rows} == {"nnUNetTrainer", "nnUNetTrainerMedContext", "nnUNetTrainerSimCVD",
+                                            "VolumeFusion+nnUNetTrainer"}
+    # the fine-tuned run started from the pretraining run's weights, in its own results folder
+    log = open(work / "logs" / "train__VolumeFusion+nnUNetTrainer__fold0.log").read()
+    assert "initialised from" in log and "nnUNetTrainerVolumeFusion__nnUNetPlans__3d_tiny" in log
+    assert (work / "results_VolumeFusion+nnUNetTrainer").is_dir()
+    assert "plus one pretraining run of" in out
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows if r["dice"] != "nan")
     manifest = json.load(open(work / "splits_manifest.json"))
     assert manifest == [{"fold": 0, "fraction": 0.5, "seed": 0, "num_labeled": 2}]

@@ -36,6 +36,11 @@ def benchmark_methods() -> list:
     return data["trainers"]
 
 
+def method_name(method: dict) -> str:
+    """A method's name in tables and file names: ``name`` if given, else the trainer."""
+    return method.get("name", method["trainer"])
+
+
 def _bin(name: str) -> str:
     return os.path.join(os.path.dirname(sys.executable), name)
 
@@ -55,24 +60,24 @@ class Benchmark:
             os.makedirs(os.path.join(self.work, sub), exist_ok=True)
 
     # ------------------------------------------------------------ environment and commands
-    def env(self, training: bool = False) -> dict:
+    def env(self, training: bool = False, results: str = None) -> dict:
         from nnunet_ext.env import extended_trainer_path
 
         env = dict(os.environ)
         env.pop("nnUNet_n_proc_DA", None)
         env.update({"nnUNet_raw": self.paths["raw"], "nnUNet_preprocessed": self.paths["preprocessed"],
-                    "nnUNet_results": self.paths["results"], "nnUNet_def_n_proc": "2",
+                    "nnUNet_results": results or self.paths["results"], "nnUNet_def_n_proc": "2",
                     "nnUNet_extTrainer": extended_trainer_path(os.environ.get("nnUNet_extTrainer"))})
         if training:
             env["nnUNet_n_proc_DA"] = str(self.num_proc_da)  # training only: planning crashes with 0
         return env
 
-    def command(self, args: list, log_name: str, training: bool = False) -> float:
+    def command(self, args: list, log_name: str, training: bool = False, results: str = None) -> float:
         """Run a command with its output in ``logs/``; return its wall time. Raise with the log's tail on failure."""
         log_file = os.path.join(self.work, "logs", log_name)
         start = time.time()
         with open(log_file, "w") as log:
-            result = subprocess.run([str(a) for a in args], env=self.env(training), stdout=log,
+            result = subprocess.run([str(a) for a in args], env=self.env(training, results), stdout=log,
                                     stderr=subprocess.STDOUT)
         if result.returncode != 0:
             tail = open(log_file).read()[-3000:]
@@ -121,33 +126,60 @@ class Benchmark:
             json.dump(manifest, f, indent=1)
         return manifest
 
+    # ------------------------------------------------------------ pretraining (methods with a "pretrain" entry)
+    def results_root(self, method: dict) -> str:
+        """nnU-Net results folder of a method: its own when it fine-tunes a stock trainer from pretrained weights,
+        so that its runs never share a results folder with the same trainer trained from scratch."""
+        if method.get("pretrain"):
+            return os.path.join(self.work, f"results_{method_name(method)}")
+        return self.paths["results"]
+
+    def pretrain(self, method: dict) -> tuple:
+        """Pretrain once (fold 'all', same step budget as one run) on the pool; returns (checkpoint, seconds)."""
+        s = self.settings
+        trainer, root = method["pretrain"], self.results_root(method)
+        checkpoint = os.path.join(root, self.dataset, f"{trainer}__nnUNetPlans__{s['configuration']}", "fold_all",
+                                  "checkpoint_final.pth")
+        seconds = None
+        if not os.path.isfile(checkpoint):
+            self.command([_bin("nnUNetv2_ext_prepare_pretraining"), "-d", DATASET_ID, "-c", s["configuration"],
+                          "-np", 2], f"prepare_pretraining__{method_name(method)}.log")
+            seconds = self.command(
+                [sys.executable, "-m", "nnunet_ext.benchmark.train", DATASET_ID, s["configuration"], "all", "-tr",
+                 trainer, "--epochs", s["epochs"], "--iterations", s["iterations"], "--val-iterations",
+                 s["val_iterations"], "--seed", 0, "-device", self.device],
+                f"pretrain__{method_name(method)}.log", training=True, results=root)
+        return checkpoint, seconds
+
     # ------------------------------------------------------------ one run
-    def run_one(self, trainer: str, entry: dict) -> dict:
-        """Train, predict and evaluate one (trainer, fold); cached in ``metrics/``."""
-        fold = entry["fold"]
-        metrics_file = os.path.join(self.work, "metrics", f"{trainer}__fold{fold}.json")
+    def run_one(self, method: dict, entry: dict) -> dict:
+        """Train, predict and evaluate one (method, fold); cached in ``metrics/``."""
+        fold, trainer, name = entry["fold"], method["trainer"], method_name(method)
+        metrics_file = os.path.join(self.work, "metrics", f"{name}__fold{fold}.json")
         if os.path.isfile(metrics_file):
             with open(metrics_file) as f:
                 return json.load(f)
         s = self.settings
-        output = os.path.join(self.paths["results"], self.dataset, f"{trainer}__nnUNetPlans__{s['configuration']}",
-                              f"fold_{fold}")
-        train_seconds = None
+        root = self.results_root(method)
+        output = os.path.join(root, self.dataset, f"{trainer}__nnUNetPlans__{s['configuration']}", f"fold_{fold}")
+        train_seconds = pretrain_seconds = None
         if not os.path.isfile(os.path.join(output, "validation", "summary.json")):
-            train_seconds = self.command(
-                [sys.executable, "-m", "nnunet_ext.benchmark.train", DATASET_ID, s["configuration"], fold, "-tr",
-                 trainer, "--epochs", s["epochs"], "--iterations", s["iterations"], "--val-iterations",
-                 s["val_iterations"], "--seed", entry["seed"], "-device", self.device],
-                f"train__{trainer}__fold{fold}.log", training=True)
-        predictions = os.path.join(self.work, "predictions", trainer, f"fold_{fold}")
+            args = [sys.executable, "-m", "nnunet_ext.benchmark.train", DATASET_ID, s["configuration"], fold, "-tr",
+                    trainer, "--epochs", s["epochs"], "--iterations", s["iterations"], "--val-iterations",
+                    s["val_iterations"], "--seed", entry["seed"], "-device", self.device]
+            if method.get("pretrain"):
+                checkpoint, pretrain_seconds = self.pretrain(method)
+                args += ["--pretrained-weights", checkpoint]
+            train_seconds = self.command(args, f"train__{name}__fold{fold}.log", training=True, results=root)
+        predictions = os.path.join(self.work, "predictions", name, f"fold_{fold}")
         predict = [_bin("nnUNetv2_predict"), "-i", os.path.join(self.paths["raw"], self.dataset, "imagesTs"),
                    "-o", predictions, "-d", DATASET_ID, "-c", s["configuration"], "-f", fold, "-tr", trainer,
                    "-device", self.device, "-npp", 1, "-nps", 1]
         if not s["tta"]:
             predict.append("--disable_tta")
-        predict_seconds = self.command(predict, f"predict__{trainer}__fold{fold}.log")
-        result = dict(entry, trainer=trainer, train_seconds=train_seconds, predict_seconds=predict_seconds,
-                      cases=self.evaluate(predictions))
+        predict_seconds = self.command(predict, f"predict__{name}__fold{fold}.log", results=root)
+        result = dict(entry, trainer=name, train_seconds=train_seconds, predict_seconds=predict_seconds,
+                      pretrain_seconds=pretrain_seconds, cases=self.evaluate(predictions))
         with open(metrics_file + ".tmp", "w") as f:
             json.dump(result, f, indent=1)
         os.replace(metrics_file + ".tmp", metrics_file)
@@ -182,8 +214,8 @@ class Benchmark:
                      case=case, label=int(label), dice=m["dice"], hd95=m["hd95"])
                 for r in results for case, per_label in r["cases"].items() for label, m in per_label.items()]
         summary = report.summarise(rows)
-        trainers = [t["trainer"] for t in self.trainers]
-        baseline = next((t["trainer"] for t in self.trainers if t.get("baseline")), trainers[0])
+        trainers = [method_name(t) for t in self.trainers]
+        baseline = next((method_name(t) for t in self.trainers if t.get("baseline")), trainers[0])
         out = os.path.join(self.work, "report")
         report.write_case_csv(rows, os.path.join(out, "results_per_case.csv"))
         report.write_summary_csv(summary, label_names, os.path.join(out, "results_summary.csv"))
@@ -208,6 +240,9 @@ class Benchmark:
             if seconds.get(t):
                 mean = sum(seconds[t]) / len(seconds[t])
                 lines.append(f"| {t} | {mean:.0f} | {mean / base:.2f}× |" if base else f"| {t} | {mean:.0f} | — |")
+        pretraining = {r["trainer"]: r["pretrain_seconds"] for r in results if r.get("pretrain_seconds")}
+        for t, value in pretraining.items():
+            lines.append(f"\n{t}: plus one pretraining run of {value:.0f} s, shared by all its fine-tuning runs.")
         return "\n".join(lines) + "\n"
 
     def run(self) -> str:
@@ -215,12 +250,12 @@ class Benchmark:
 
         self.prepare_data()
         manifest = self.write_splits()
-        jobs = [(t["trainer"], entry) for entry in manifest for t in self.trainers]
+        jobs = [(t, entry) for entry in manifest for t in self.trainers]
         results = []
         with tqdm(jobs, desc="benchmark runs", unit="run") as bar:
-            for trainer, entry in bar:
-                bar.set_postfix_str(f"{trainer} {entry['fraction']:.0%} seed {entry['seed']}")
-                results.append(self.run_one(trainer, entry))
+            for method, entry in bar:
+                bar.set_postfix_str(f"{method_name(method)} {entry['fraction']:.0%} seed {entry['seed']}")
+                results.append(self.run_one(method, entry))
         return self.report(results)
 
 
@@ -263,7 +298,7 @@ def main(argv=None):
             settings["tta"] = args.tta == "on"
         methods = benchmark_methods()
         if args.trainers:
-            known = {t["trainer"]: t for t in methods}
+            known = {method_name(t): t for t in methods}
             unknown = [t for t in args.trainers if t not in known]
             if unknown:
                 raise UserInputError(f"Unknown benchmark trainers {unknown}; methods.json lists {sorted(known)}.")

@@ -14,9 +14,14 @@ import numpy as np
 import torch
 
 
-def train(dataset: str, configuration: str, fold: int, trainer_name: str, epochs: int, iterations: int,
-          val_iterations: int, seed: int, device: str = "cpu", plans: str = "nnUNetPlans") -> str:
-    """Train (or resume) one run and run nnU-Net's final validation; returns the output folder."""
+def train(dataset: str, configuration: str, fold, trainer_name: str, epochs: int, iterations: int,
+          val_iterations: int, seed: int, device: str = "cpu", plans: str = "nnUNetPlans",
+          pretrained_weights: str = None) -> str:
+    """Train (or resume) one run and run nnU-Net's final validation; returns the output folder.
+
+    ``pretrained_weights`` initialise a new run as ``nnUNetv2_train -pretrained_weights`` does (ignored when the
+    run resumes from its own checkpoint, as nnU-Net refuses both at once).
+    """
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
     trainer = get_trainer_from_args(dataset, configuration, fold, trainer_name, plans, False, torch.device(device))
@@ -32,7 +37,9 @@ def train(dataset: str, configuration: str, fold: int, trainer_name: str, epochs
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    maybe_load_checkpoint(trainer, resume, False, None)
+    if pretrained_weights and not resume:
+        trainer.print_to_log_file(f"nnunet-ext benchmark: initialised from {pretrained_weights}")
+    maybe_load_checkpoint(trainer, resume, False, None if resume else pretrained_weights)
     trainer.run_training()
     trainer.perform_actual_validation(False)
     return trainer.output_folder
@@ -45,7 +52,7 @@ def main(argv=None):
                     "nnUNetv2_ext_benchmark). Resumes from the run's checkpoint when there is one.")
     parser.add_argument("dataset")
     parser.add_argument("configuration")
-    parser.add_argument("fold", type=int)
+    parser.add_argument("fold", type=lambda f: f if f == "all" else int(f))
     parser.add_argument("-tr", dest="trainer", required=True)
     parser.add_argument("-p", dest="plans", default="nnUNetPlans")
     parser.add_argument("--epochs", type=int, required=True)
@@ -53,9 +60,10 @@ def main(argv=None):
     parser.add_argument("--val-iterations", type=int, default=5, help="validation iterations per epoch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-device", default="cpu")
+    parser.add_argument("--pretrained-weights", default=None, help="checkpoint to initialise a new run from")
     args = parser.parse_args(argv)
     train(args.dataset, args.configuration, args.fold, args.trainer, args.epochs, args.iterations,
-          args.val_iterations, args.seed, args.device, args.plans)
+          args.val_iterations, args.seed, args.device, args.plans, args.pretrained_weights)
 
 
 if __name__ == "__main__":

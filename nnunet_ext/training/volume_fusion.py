@@ -34,6 +34,7 @@ class nnUNetTrainerVolumeFusion(nnUNetTrainerExtBase):
     """Volume Fusion pretraining with K = 4 (5 classes), 10-40 boxes of 1/8-5/8 of the patch edge."""
 
     fusion_classes = 4                   # K
+    pretraining_only = True              # predicts the pretext task: no inference on the dataset's labels
     num_boxes = (10, 40)
     box_edge_fraction = (1 / 8, 5 / 8)
 
