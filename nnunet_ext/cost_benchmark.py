@@ -67,8 +67,8 @@ MEMORY_DEFINITION = {
             "(reset before the step), minus the memory the other trainers sharing the device held at that "
             "moment, minus this trainer's memory allocated right after initialisation (network and extra "
             "modules such as teachers and heads); the maximum over the steps after warm-up. It covers "
-            "activations, gradients, optimiser state and autocast copies, not the CUDA context or the caching allocator's unused "
-            "reserve.",
+            "activations, gradients, optimiser state and autocast copies, not the CUDA context or the caching "
+            "allocator's unused reserve.",
     "cpu": "training working memory on CPU: each trainer runs its steps alone in a fresh process "
            "(multiprocessing 'spawn') on the same batches: peak RSS of the steps after warm-up (VmHWM, "
            "reset through /proc/self/clear_refs after warm-up) minus RSS after initialisation and loading "

@@ -2,9 +2,9 @@
 
 Pool = the configuration's preprocessed ``imagesUnlabeled/`` cases (``<data_identifier>_unlabeled/``, written by
 ``nnUNetv2_ext_preprocess_unlabeled``) + the training cases that ``nnUNetv2_ext_make_splits`` moved to the
-fold's ``unlabeled`` key. Labels of the latter are never used: the pool hands out only nnU-Net's nonzero-region marker of each case
-(``-1`` outside the image's nonzero region, ``0`` inside; nnU-Net's masked-normalisation augmentation needs it)
-and no class locations. Trainers never use the pool's segmentations as targets.
+fold's ``unlabeled`` key. Labels of the latter are never used: the pool hands out only nnU-Net's nonzero-region
+marker of each case (``-1`` outside the image's nonzero region, ``0`` inside; nnU-Net's masked-normalisation
+augmentation needs it) and no class locations. Trainers never use the pool's segmentations as targets.
 """
 import os
 from typing import Dict, List, Optional, Tuple
