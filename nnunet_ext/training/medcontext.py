@@ -167,7 +167,7 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
         student runs at the configuration's batch size: two passes when the batch is duplicated, one when half
         of it is masked.
         """
-        return self.device.type != "cpu" or self.masked_batch == "half"
+        return self.device.type != "cpu" or self.is_ddp or self.masked_batch == "half"
 
     def student_outputs(self, clean: torch.Tensor, masked: torch.Tensor):
         """Student outputs (deep-supervision lists or tensors) for the clean and the masked inputs."""
