@@ -211,8 +211,17 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
             },
         }
         tmp = filename + ".tmp"
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, filename)
+        except (OSError, RuntimeError) as e:  # full disk, read-only folder; torch wraps some OSErrors
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            kept = (f"The previous {os.path.basename(filename)} is unchanged" if os.path.isfile(filename)
+                    else f"No {os.path.basename(filename)} was written")
+            raise UserInputError(
+                f"Could not write checkpoint {filename}: {e}. {kept}. Free disk space or make "
+                f"{os.path.dirname(filename)} writable, then continue the run with nnUNetv2_train ... --c.") from None
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not isinstance(filename_or_checkpoint, str):
@@ -221,7 +230,15 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
             self.initialize()
         # mmap: only the few extra tensors are read here; nnU-Net's own loader reads the rest (2.8.1 cannot
         # be handed an already loaded dict)
-        checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        try:
+            checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        except Exception as e:  # truncated zip, pickle errors, ...
+            folder = os.path.dirname(filename_or_checkpoint)
+            raise UserInputError(
+                f"Checkpoint {filename_or_checkpoint} cannot be read ({type(e).__name__}: {e}); it is truncated or "
+                f"corrupt. Move it out of {folder} (do not delete it yet): --c then continues from the next "
+                f"checkpoint nnU-Net finds there (checkpoint_final.pth, checkpoint_latest.pth, checkpoint_best.pth), "
+                f"or starts afresh if there is none.") from None
         self._check_checkpoint_origin(checkpoint, filename_or_checkpoint)
         super().load_checkpoint(filename_or_checkpoint)
         extra = checkpoint[CHECKPOINT_KEY]

@@ -1,0 +1,67 @@
+"""Checkpoints under a full disk, a read-only folder or a truncated file: clear errors, nothing lost."""
+import errno
+import os
+
+import pytest
+import torch
+
+from conftest import nnunet_env
+from nnunet_ext.errors import UserInputError
+
+
+def _trainer(ds, monkeypatch, tmp_path):
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunet_ext.training.medcontext import nnUNetTrainerMedContext
+
+    for key, value in nnunet_env(ds, training=True).items():
+        if key.startswith("nnUNet_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    folder = os.path.join(ds["preprocessed"], ds["dataset_name"])
+    plans = load_json(os.path.join(folder, "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    trainer = nnUNetTrainerMedContext(plans=plans, configuration="3d_tiny", fold=0,
+                                      dataset_json=load_json(os.path.join(folder, "dataset.json")),
+                                      device=torch.device("cpu"))
+    trainer.initialize()
+    os.makedirs(trainer.output_folder, exist_ok=True)
+    return trainer
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   PermissionError(errno.EACCES, "Permission denied")])
+def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tiny_planned_dataset, monkeypatch, tmp_path, error):
+    import nnunet_ext.training.base as base
+
+    trainer = _trainer(tiny_planned_dataset, monkeypatch, tmp_path)
+    filename = os.path.join(trainer.output_folder, "checkpoint_latest.pth")
+    trainer.save_checkpoint(filename)
+    before = open(filename, "rb").read()
+    real_save = torch.save
+
+    def failing_save(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:  # half a file, then the disk is full / the folder turns read-only
+            f.write(b"partial")
+        raise error
+
+    monkeypatch.setattr(base.torch, "save", failing_save)
+    trainer.current_epoch = 5
+    with pytest.raises(UserInputError, match=rf"Could not write checkpoint {filename}: .*{error.strerror}.*"
+                                             r"The previous checkpoint_latest.pth is unchanged.*--c"):
+        trainer.save_checkpoint(filename)
+    monkeypatch.setattr(base.torch, "save", real_save)
+    assert open(filename, "rb").read() == before
+    assert not os.path.exists(filename + ".tmp")
+
+
+def test_truncated_checkpoint_is_named_with_what_to_do(tiny_planned_dataset, monkeypatch, tmp_path):
+    trainer = _trainer(tiny_planned_dataset, monkeypatch, tmp_path)
+    filename = os.path.join(trainer.output_folder, "checkpoint_latest.pth")
+    trainer.save_checkpoint(filename)
+    data = open(filename, "rb").read()
+    with open(filename, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(UserInputError, match=r"checkpoint_latest.pth cannot be read .*truncated or corrupt\. Move "
+                                             r"it out of"):
+        trainer.load_checkpoint(filename)
+    assert os.path.getsize(filename) == len(data) // 2  # the user's file is left as it was
