@@ -6,6 +6,40 @@ import shlex
 from nnunet_ext import trainer_modules_dir
 
 
+SUPPORTED_NNUNET = ((2, 8), (2, 9))  # >= 2.8, < 2.9: the trainer API this package overrides
+
+
+def check_nnunet_version(installed: str | None = None) -> str:
+    """Raise a :class:`UserInputError` unless the installed nnunetv2 is in the supported range.
+
+    nnU-Net changed the trainer constructor, ``build_network_architecture``, its logger and ``load_checkpoint``
+    between 2.3, 2.6, 2.7 and master; the trainers here override those, so another version fails in obscure ways.
+
+    Args:
+        installed: version string to check (default: the installed ``nnunetv2``).
+
+    Returns:
+        The checked version string.
+    """
+    from importlib import metadata
+
+    from nnunet_ext.errors import UserInputError
+
+    if installed is None:
+        installed = metadata.version("nnunetv2")
+    parts = []
+    for piece in installed.split(".")[:2]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    low, high = SUPPORTED_NNUNET
+    if not low <= tuple(parts) < high:
+        raise UserInputError(
+            f"nnunet-ext supports nnunetv2 >= {low[0]}.{low[1]} and < {high[0]}.{high[1]}, but nnunetv2 {installed} "
+            f"is installed. Install a supported version: pip install 'nnunetv2>={low[0]}.{low[1]},<{high[0]}."
+            f"{high[1]}'.")
+    return installed
+
+
 def extended_trainer_path(current: str | None = None) -> str:
     """Return ``nnUNet_extTrainer`` with this package's trainer folder appended.
 

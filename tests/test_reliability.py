@@ -65,3 +65,25 @@ def test_truncated_checkpoint_is_named_with_what_to_do(tiny_planned_dataset, mon
                                              r"it out of"):
         trainer.load_checkpoint(filename)
     assert os.path.getsize(filename) == len(data) // 2  # the user's file is left as it was
+
+
+@pytest.mark.parametrize("version, ok", [("2.8.1", True), ("2.8.0", True), ("2.8", True), ("2.7.2", False),
+                                         ("2.9.0", False), ("3.0.0.dev1", False), ("2.8.2rc1", True)])
+def test_nnunet_version_range(version, ok):
+    from nnunet_ext.env import check_nnunet_version
+
+    if ok:
+        assert check_nnunet_version(version) == version
+    else:
+        with pytest.raises(UserInputError, match=rf"nnunetv2 {version} is installed\. Install a supported "
+                                                 r"version: pip install 'nnunetv2>=2\.8,<2\.9'"):
+            check_nnunet_version(version)
+
+
+def test_trainers_check_the_installed_nnunet_version(tiny_planned_dataset, monkeypatch, tmp_path):
+    from importlib import metadata
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "2.6.4" if name == "nnunetv2" else real(name))
+    with pytest.raises(UserInputError, match="nnunetv2 2.6.4 is installed"):
+        _trainer(tiny_planned_dataset, monkeypatch, tmp_path)

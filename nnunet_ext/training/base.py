@@ -19,6 +19,7 @@ from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_ext import __version__
 from nnunet_ext.ema import unwrap_module
+from nnunet_ext.env import check_nnunet_version
 from nnunet_ext.errors import UserInputError
 from nnunet_ext.plotting import plot_extra_progress
 from nnunet_ext.pretrained_check import check_pretrained_weights, pretrained_weights_argument
@@ -61,6 +62,7 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        check_nnunet_version()
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.global_step = 0
         self.restored_from_checkpoint = False
