@@ -59,6 +59,39 @@ def extended_trainer_path(current: str | None = None) -> str:
     return os.pathsep.join(entries)
 
 
+def check_setup(environ=None) -> None:
+    """Raise a :class:`UserInputError` unless nnU-Net's own trainer lookup finds this package's trainers."""
+    from nnunet_ext.errors import UserInputError
+
+    environ = os.environ if environ is None else environ
+    version = check_nnunet_version()
+    value = environ.get("nnUNet_extTrainer", "")
+    ours = trainer_modules_dir()
+    entries = [e for e in value.split(os.pathsep) if e.strip()]
+    fix = 'Run eval "$(nnUNetv2_ext_env)" in this shell (or put that line in ~/.bashrc).'
+    if not entries:
+        raise UserInputError(f"nnUNet_extTrainer is not set, so nnUNetv2_train and nnUNetv2_predict cannot find "
+                             f"nnunet-ext's trainers. {fix}")
+    if not any(os.path.abspath(e) == ours for e in entries):
+        stale = [e for e in entries if not os.path.isdir(e)]
+        raise UserInputError(
+            f"nnUNet_extTrainer={value} does not list this installation's trainer folder {ours}"
+            + (f" (and {stale} do not exist: perhaps an older or moved installation)" if stale else "")
+            + f". {fix}")
+    import contextlib
+    import io
+
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    try:  # nnU-Net's own lookup, as nnUNetv2_train does it (it prints its search; keep that quiet)
+        with contextlib.redirect_stdout(io.StringIO()):
+            recursive_find_trainer_class_by_name("nnUNetTrainerMedContext")
+    except Exception as e:
+        raise UserInputError(f"nnU-Net's trainer lookup does not find nnUNetTrainerMedContext in {value} ({e}). "
+                             f"Reinstall nnunet-ext, then {fix}") from None
+    print(f"OK: nnunetv2 {version}; nnUNet_extTrainer lists {ours}; nnUNetv2_train finds nnunet-ext's trainers.")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_ext_env",
@@ -71,7 +104,15 @@ def main(argv=None):
     )
     parser.add_argument("--print-path", action="store_true",
                         help="print only the trainer folder of this installation, not an export line")
+    parser.add_argument("--check", action="store_true",
+                        help="check that nnUNetv2_train in this shell finds nnunet-ext's trainers (and that the "
+                             "nnunetv2 version is supported); say how to fix it if not")
     args = parser.parse_args(argv)
+    if args.check:
+        from nnunet_ext.errors import run_cli
+
+        run_cli(check_setup, parser.prog)
+        return
     if args.print_path:
         print(trainer_modules_dir())
         return

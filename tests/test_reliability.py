@@ -87,3 +87,19 @@ def test_trainers_check_the_installed_nnunet_version(tiny_planned_dataset, monke
     monkeypatch.setattr(metadata, "version", lambda name: "2.6.4" if name == "nnunetv2" else real(name))
     with pytest.raises(UserInputError, match="nnunetv2 2.6.4 is installed"):
         _trainer(tiny_planned_dataset, monkeypatch, tmp_path)
+
+
+def test_env_check_says_how_to_fix_the_trainer_path(tmp_path):
+    from conftest import run_command
+
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    missing = run_command(["nnUNetv2_ext_env", "--check"], env, check=False)
+    assert missing.returncode == 2
+    assert "nnUNet_extTrainer is not set" in missing.stderr and 'eval "$(nnUNetv2_ext_env)"' in missing.stderr
+    stale = run_command(["nnUNetv2_ext_env", "--check"], dict(env, nnUNet_extTrainer=str(tmp_path / "old")),
+                        check=False)
+    assert stale.returncode == 2 and "do not exist" in stale.stderr and "does not list" in stale.stderr
+    from nnunet_ext.env import extended_trainer_path
+
+    ok = run_command(["nnUNetv2_ext_env", "--check"], dict(env, nnUNet_extTrainer=extended_trainer_path(None)))
+    assert "OK:" in ok.stdout and "finds nnunet-ext's trainers" in ok.stdout
