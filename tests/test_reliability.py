@@ -103,3 +103,74 @@ def test_env_check_says_how_to_fix_the_trainer_path(tmp_path):
 
     ok = run_command(["nnUNetv2_ext_env", "--check"], dict(env, nnUNet_extTrainer=extended_trainer_path(None)))
     assert "OK:" in ok.stdout and "finds nnunet-ext's trainers" in ok.stdout
+
+
+def test_continue_with_a_checkpoint_of_other_plans_names_the_layers(tiny_planned_dataset, monkeypatch, tmp_path):
+    trainer = _trainer(tiny_planned_dataset, monkeypatch, tmp_path)
+    filename = os.path.join(trainer.output_folder, "checkpoint_latest.pth")
+    trainer.save_checkpoint(filename)
+    checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+    key = "encoder.stages.0.0.convs.0.conv.weight"
+    shape = list(checkpoint["network_weights"][key].shape)
+    checkpoint["network_weights"][key] = torch.zeros(shape[0] * 2, *shape[1:])  # as if planned with more features
+    torch.save(checkpoint, filename)
+    with pytest.raises(UserInputError, match=rf"does not fit the network that plans 'nnUNetPlans', configuration "
+                                             rf"'3d_tiny' describe now \(1 layers differ: {key}: this network "
+                                             rf"\[{shape[0]}, .*checkpoint \[{shape[0] * 2}, .*Restore the plans file"):
+        trainer.load_checkpoint(filename)
+
+
+KILL_DURING_WRITE = '''
+import os, signal, sys, torch
+sys.path.insert(0, {tests!r})
+import nnunet_ext.training.base as base
+from test_reliability import _trainer
+
+
+class Env:  # a monkeypatch stand-in outside pytest
+    def setenv(self, key, value):
+        os.environ[key] = value
+
+
+trainer = _trainer({dataset!r}, Env(), __import__("pathlib").Path({tmp!r}))
+filename = os.path.join(trainer.output_folder, "checkpoint_latest.pth")
+trainer.save_checkpoint(filename)
+print("FIRST", os.path.getsize(filename), flush=True)
+real_save = torch.save
+
+
+def killed_while_writing(obj, path, *args, **kwargs):
+    real_save(obj, path, *args, **kwargs)
+    with open(path, "r+b") as f:  # the process dies half way through the file
+        f.truncate(os.path.getsize(path) // 2)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+base.torch.save = killed_while_writing
+trainer.current_epoch = 7
+trainer.save_checkpoint(filename)
+'''
+
+
+def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tiny_planned_dataset, monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import nnunet_env
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script = KILL_DURING_WRITE.format(tests=tests, dataset=dict(tiny_planned_dataset), tmp=str(tmp_path))
+    env = dict(os.environ, **{k: v for k, v in nnunet_env(tiny_planned_dataset, training=True).items()
+                              if k.startswith("nnUNet_")})
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stdout[-2000:] + result.stderr[-2000:]
+    size = int(result.stdout.split("FIRST ")[1].split()[0])
+    folder = os.path.dirname(next(os.path.join(root, f) for root, _, files in os.walk(tmp_path / "results")
+                                  for f in files if f == "checkpoint_latest.pth"))
+    latest = os.path.join(folder, "checkpoint_latest.pth")
+    assert os.path.getsize(latest) == size  # the previous checkpoint, whole
+    assert os.path.getsize(latest + ".tmp") < size  # the half-written file never replaced it
+    # and --c continues from it
+    trainer = _trainer(tiny_planned_dataset, monkeypatch, tmp_path)
+    trainer.load_checkpoint(latest)
+    assert trainer.current_epoch == 1 and trainer.restored_from_checkpoint

@@ -22,7 +22,7 @@ from nnunet_ext.ema import unwrap_module
 from nnunet_ext.env import check_nnunet_version
 from nnunet_ext.errors import UserInputError
 from nnunet_ext.plotting import plot_extra_progress
-from nnunet_ext.pretrained_check import check_pretrained_weights, pretrained_weights_argument
+from nnunet_ext.pretrained_check import check_pretrained_weights, pretrained_weights_argument, shape_mismatches
 
 CHECKPOINT_KEY = "nnunet_ext"
 
@@ -263,3 +263,18 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
                 f"continue it. To continue that run use -tr {theirs}; to start from its weights use "
                 f"nnUNetv2_train ... -tr {mine} -pretrained_weights {filename} (without --c); or move the "
                 f"file out of {os.path.dirname(filename)} to start afresh.")
+        ours = {k: tuple(v.shape) for k, v in self.unwrapped_network.state_dict().items()}
+        saved = {k: tuple(v.shape) for k, v in checkpoint["network_weights"].items()}
+        differing = shape_mismatches(ours, saved, skipped=())
+        if differing:
+            listed = "; ".join(f"{key}: this network {list(shape)}, checkpoint "
+                               f"{'missing' if other is None else list(other)}" for key, shape, other in differing[:8])
+            init = checkpoint.get("init_args") or {}
+            origin = (f" It was written with plans '{(init.get('plans') or {}).get('plans_name')}', configuration "
+                      f"'{init.get('configuration')}'." if init else "")
+            raise UserInputError(
+                f"Checkpoint {filename} does not fit the network that plans '{self.plans_manager.plans_name}', "
+                f"configuration '{self.configuration_name}' describe now ({len(differing)} layers differ: {listed})."
+                f"{origin} The plans changed since the run started (re-planned, or a different preset). Restore "
+                f"the plans file it was trained with (nnunet-ext's commands leave timestamped backups beside it) "
+                f"to continue, or move the checkpoint out of {os.path.dirname(filename)} to start afresh.")
