@@ -174,3 +174,40 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tiny_planned_
     trainer = _trainer(tiny_planned_dataset, monkeypatch, tmp_path)
     trainer.load_checkpoint(latest)
     assert trainer.current_epoch == 1 and trainer.restored_from_checkpoint
+
+
+def _planned(tiny_planned_dataset):
+    import json
+
+    with open(os.path.join(tiny_planned_dataset["preprocessed"], tiny_planned_dataset["dataset_name"],
+                           "nnUNetPlans.json")) as f:
+        return json.load(f)
+
+
+def test_presets_that_do_not_fit_the_dataset(tiny_planned_dataset):
+    import copy
+
+    from nnunet_ext.presets import build_preset_configuration, load_preset
+
+    plans = _planned(tiny_planned_dataset)
+    # a 2-D preset for plans without a 2d configuration
+    no_2d = copy.deepcopy(plans)
+    del no_2d["configurations"]["2d"]
+    with pytest.raises(UserInputError, match=r"inherits from configuration '2d', which these plans .* do not have"
+                                             r".*nnUNetv2_plan_and_preprocess -d DATASET -c 2d"):
+        build_preset_configuration(no_2d, load_preset("2d_small"))
+    # a 2-D preset pointed at a 3-D configuration
+    flat = dict(load_preset("2d_small"), inherits_from="3d_fullres")
+    with pytest.raises(UserInputError, match=r"is 2-D but configuration '3d_fullres' is 3-D"):
+        build_preset_configuration(plans, flat)
+    # images too small for even one downsampling at the preset's minimum feature-map edge
+    tiny = copy.deepcopy(plans)
+    tiny["configurations"]["3d_fullres"]["patch_size"] = [4, 4, 4]
+    with pytest.raises(UserInputError, match=r"does not fit configuration '3d_fullres'.*allows no downsampling"):
+        build_preset_configuration(tiny, load_preset("3d_small"))
+    # an architecture without U-Net stages
+    other = copy.deepcopy(plans)
+    other["configurations"]["3d_fullres"]["architecture"] = {"network_class_name": "monai.networks.nets.SwinUNETR",
+                                                             "arch_kwargs": {}, "_kw_requires_import": []}
+    with pytest.raises(UserInputError, match=r"uses monai.networks.nets.SwinUNETR, which has no U-Net stage"):
+        build_preset_configuration(other, load_preset("3d_small"))
