@@ -83,10 +83,21 @@ class UNetFeatureModules:
         return FeatureTap(self.bottleneck, self.bottleneck_select), FeatureTap(self.decoder_last)
 
 
-def locate_unet_features(network: nn.Module) -> UNetFeatureModules:
-    """Adapter for dynamic-network-architectures' U-Nets (PlainConvUNet, ResidualEncoderUNet, ...).
+def _swin_unetr_features(swin: nn.Module) -> UNetFeatureModules:
+    """Adapter for MONAI's SwinUNETR (``nnunet_ext.architectures.SwinUNETR``): ``encoder10`` processes the deepest
+    Swin stage (the bottleneck), ``decoder1`` the full-resolution features that ``out`` maps to logits."""
+    out_conv = swin.out.conv.conv
+    bottleneck_channels = swin.encoder10.layer.conv1.conv.out_channels
+    return UNetFeatureModules(bottleneck=swin.encoder10, bottleneck_select=None,
+                              bottleneck_channels=int(bottleneck_channels), decoder_last=swin.decoder1,
+                              decoder_channels=int(out_conv.in_channels))
 
-    Their layout: ``encoder`` returns the list of skips (last = bottleneck) and has ``output_channels``;
+
+def locate_unet_features(network: nn.Module) -> UNetFeatureModules:
+    """Adapter for dynamic-network-architectures' U-Nets (PlainConvUNet, ResidualEncoderUNet, ...) and for
+    :class:`nnunet_ext.architectures.SwinUNETR`.
+
+    The U-Nets' layout: ``encoder`` returns the list of skips (last = bottleneck) and has ``output_channels``;
     ``decoder.stages[-1]`` computes the full-resolution features that ``decoder.seg_layers[-1]`` maps to logits.
 
     Args:
@@ -97,6 +108,9 @@ def locate_unet_features(network: nn.Module) -> UNetFeatureModules:
     """
     net = unwrap_module(network)
     name = type(net).__name__
+    swin = getattr(net, "swin_unetr", None)
+    if swin is not None:
+        return _swin_unetr_features(swin)
     encoder, decoder = getattr(net, "encoder", None), getattr(net, "decoder", None)
     missing = [what for what, ok in (
         ("an 'encoder' module", encoder is not None),

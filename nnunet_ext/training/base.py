@@ -6,6 +6,7 @@ they are saved under the checkpoint key ``nnunet_ext`` and restored on ``--c``, 
 keeps nnU-Net's format so stock ``nnUNetv2_predict`` and ``-pretrained_weights`` work unchanged.
 """
 import os
+import pydoc
 from typing import Dict, List
 
 import numpy as np
@@ -64,12 +65,23 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         check_nnunet_version()
         super().__init__(plans, configuration, fold, dataset_json, device)
+        architecture = pydoc.locate(self.configuration_manager.network_arch_class_name)
+        if getattr(architecture, "supports_deep_supervision", True) is False:
+            # architectures with a single output (nnunet_ext.architectures) train without deep supervision
+            self.enable_deep_supervision = False
         self.global_step = 0
         self.restored_from_checkpoint = False
         self._extra_modules: Dict[str, nn.Module] = {}
         for key in self.extra_log_keys:
             # nnU-Net's logger only accepts registered keys; they go into its checkpoint with the rest
             self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        """nnU-Net's switch, skipped for architectures without a deep-supervision decoder (nothing to switch)."""
+        decoder = getattr(self.unwrapped_network, "decoder", None)
+        if decoder is None or not hasattr(decoder, "deep_supervision"):
+            return
+        super().set_deep_supervision_enabled(enabled)
 
     # ---------------------------------------------------------------- hyperparameters
     def method_hyperparameters(self) -> dict:

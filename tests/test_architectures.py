@@ -1,0 +1,112 @@
+"""An architecture from outside nnU-Net, named in the plans by its import path: MONAI's SwinUNETR through
+``nnunet_ext.architectures.SwinUNETR``, with MedContext (real commands, stock prediction), SimCVD, Volume Fusion
+and plain nnU-Net without deep supervision."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import nnunet_env, run_command
+
+CONFIG = "3d_swin"
+SWIN = {"network_class_name": "nnunet_ext.architectures.SwinUNETR",
+        "arch_kwargs": {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]},
+        "_kw_requires_import": []}
+
+
+@pytest.fixture(scope="module")
+def swin_plans(tiny_semi_dataset):
+    """Dataset 502 with a '3d_swin' configuration: SwinUNETR on 64^3 patches, reusing 3d_fullres' data."""
+    ds = tiny_semi_dataset
+    plans_file = os.path.join(ds["preprocessed"], ds["dataset_name"], "nnUNetPlans.json")
+    with open(plans_file) as f:
+        plans = json.load(f)
+    plans["configurations"][CONFIG] = {"inherits_from": "3d_fullres", "patch_size": [64, 64, 64],
+                                       "batch_size": 1, "architecture": SWIN}
+    with open(plans_file + ".tmp", "w") as f:
+        json.dump(plans, f, indent=1)
+    os.replace(plans_file + ".tmp", plans_file)
+    return ds
+
+
+def _short(cls):
+    class Short(cls):
+        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cpu")):
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
+
+    Short.__name__ = cls.__name__ + "_test"
+    return Short
+
+
+def _trainer(ds, cls, monkeypatch, fold=0):
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    for key, value in nnunet_env(ds, training=True).items():
+        if key.startswith("nnUNet_"):
+            monkeypatch.setenv(key, value)
+    folder = os.path.join(ds["preprocessed"], ds["dataset_name"])
+    plans = load_json(os.path.join(folder, "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    return cls(plans=plans, configuration=CONFIG, fold=fold,
+               dataset_json=load_json(os.path.join(folder, "dataset.json")), device=torch.device("cpu"))
+
+
+def _strict_load(trainer, checkpoint_file):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    plain = nnUNetTrainer.build_network_architecture(
+        trainer.plans_manager, trainer.configuration_manager, trainer.num_input_channels,
+        trainer.label_manager.num_segmentation_heads, enable_deep_supervision=False)
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    plain.load_state_dict(checkpoint["network_weights"], strict=True)
+    return checkpoint
+
+
+def test_medcontext_trains_and_stock_predict_runs(swin_plans):
+    ds = swin_plans
+    run_command(["nnUNetv2_train", ds["dataset_id"], CONFIG, 0, "-tr", "nnUNetTrainerMedContext_smoke",
+                 "-device", "cpu"], nnunet_env(ds, training=True), timeout=900)
+    folder = os.path.join(ds["results"], ds["dataset_name"], f"nnUNetTrainerMedContext_smoke__nnUNetPlans__{CONFIG}",
+                          "fold_0")
+    checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    assert any(k.startswith("swin_unetr.") for k in checkpoint["network_weights"])
+    assert checkpoint["nnunet_ext"]["global_step"] == 8
+    out = os.path.join(ds["results"], "predictions_swin")
+    run_command(["nnUNetv2_predict", "-i", os.path.join(ds["raw"], ds["dataset_name"], "imagesTs"), "-o", out,
+                 "-d", ds["dataset_id"], "-c", CONFIG, "-f", 0, "-tr", "nnUNetTrainerMedContext_smoke",
+                 "-device", "cpu", "-npp", 1, "-nps", 1, "--disable_tta"], nnunet_env(ds))
+    assert len(glob.glob(os.path.join(out, "*.nii.gz"))) == 2
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainerSimCVD", "nnUNetTrainerVolumeFusion", "nnUNetTrainerNoDeepSupervision"])
+def test_other_trainers_train_without_deep_supervision(swin_plans, monkeypatch, name):
+    from nnunetv2.training.nnUNetTrainer.variants.network_architecture.nnUNetTrainerNoDeepSupervision import \
+        nnUNetTrainerNoDeepSupervision
+    from nnunet_ext.training.simcvd import nnUNetTrainerSimCVD
+    from nnunet_ext.training.volume_fusion import nnUNetTrainerVolumeFusion
+
+    cls = {"nnUNetTrainerSimCVD": nnUNetTrainerSimCVD, "nnUNetTrainerVolumeFusion": nnUNetTrainerVolumeFusion,
+           "nnUNetTrainerNoDeepSupervision": nnUNetTrainerNoDeepSupervision}[name]
+    trainer = _trainer(swin_plans, _short(cls), monkeypatch, fold="all" if "Fusion" in name else 0)
+    assert trainer.enable_deep_supervision is False
+    trainer.run_training()
+    assert np.isfinite(trainer.logger.get_value("train_losses", step=-1))
+    checkpoint_file = os.path.join(trainer.output_folder, "checkpoint_final.pth")
+    if name == "nnUNetTrainerSimCVD":
+        checkpoint = _strict_load(trainer, checkpoint_file)
+        assert min(checkpoint["logging"]["pairwise"]) > 0  # the bottleneck was read through the adapter
+    elif name == "nnUNetTrainerVolumeFusion":
+        weights = torch.load(checkpoint_file, map_location="cpu", weights_only=False)["network_weights"]
+        assert weights["swin_unetr.out.conv.conv.weight"].shape[0] == 5  # K + 1 fusion classes
+
+
+def test_plain_trainer_with_deep_supervision_gets_advice(swin_plans, monkeypatch):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    trainer = _trainer(swin_plans, _short(nnUNetTrainer), monkeypatch)
+    with pytest.raises(ValueError, match="nnUNetTrainerNoDeepSupervision"):
+        trainer.initialize()
