@@ -38,7 +38,7 @@ import torch
 
 from nnunet_ext import __version__
 from nnunet_ext.env import extended_trainer_path
-from nnunet_ext.errors import UserInputError, run_cli
+from nnunet_ext.errors import UserInputError, positive_int, run_cli
 
 PROG = "nnUNetv2_ext_benchmark_cost"
 DEFAULT_BASELINE = "nnUNetTrainer"
@@ -95,11 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"trainers to compare with the baseline (default: {' '.join(DEFAULT_TRAINERS)})")
     parser.add_argument("--baseline", default=DEFAULT_BASELINE,
                         help=f"trainer every ratio refers to (default: {DEFAULT_BASELINE})")
-    parser.add_argument("--steps", type=_positive_int, default=RECOMMENDED_STEPS,
+    parser.add_argument("--steps", type=positive_int, default=RECOMMENDED_STEPS,
                         help=f"timed training steps per trainer (default: {RECOMMENDED_STEPS})")
     parser.add_argument("--warmup", type=_non_negative_int, default=3,
                         help="untimed warm-up steps per trainer before the timed ones (default: 3)")
-    parser.add_argument("--inference-repeats", type=_positive_int, default=RECOMMENDED_INFERENCE_REPEATS,
+    parser.add_argument("--inference-repeats", type=positive_int, default=RECOMMENDED_INFERENCE_REPEATS,
                         help=f"timed sliding-window predictions per trainer, after one untimed "
                              f"(default: {RECOMMENDED_INFERENCE_REPEATS})")
     parser.add_argument("-device", default="cuda", choices=("cpu", "cuda"), help="device (default: cuda)")
@@ -109,12 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-inference", action="store_true", help="skip the inference timing")
     return parser
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _non_negative_int(text: str) -> int:

@@ -18,3 +18,16 @@ def run_cli(main_function, prog: str):
     except UserInputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` type: an integer >= 1 (argparse then reports a bad value with the option's name)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

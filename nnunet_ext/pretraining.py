@@ -12,10 +12,10 @@ requiring labels, a ``dataset.json`` copy or a new dataset id.
 import argparse
 import json
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
-from nnunet_ext.datasets import load_plans, preprocessed_dataset_folder
-from nnunet_ext.errors import UserInputError, run_cli
+from nnunet_ext.datasets import load_plans
+from nnunet_ext.errors import UserInputError, positive_int, run_cli
 from nnunet_ext.unlabeled import (UNLABELED_SUBFOLDER, _check_headers, _configuration_manager, _dataset_folders,
                                   _labeled_dataset_class, list_unlabeled_cases, preprocess_image_cases,
                                   preprocess_unlabeled)
@@ -125,13 +125,11 @@ def main(argv=None):
     parser.add_argument("--extra-datasets", nargs="+", default=[],
                         help="ids or names of other raw datasets whose images (imagesTr/, imagesUnlabeled/) join "
                              "the pool; their labels are not used")
-    parser.add_argument("-np", dest="num_processes", type=int, default=2,
+    parser.add_argument("-np", dest="num_processes", type=positive_int, default=2,
                         help="number of worker processes. Default: 2")
     args = parser.parse_args(argv)
 
     def run():
-        if args.num_processes < 1:
-            raise UserInputError(f"-np must be at least 1 (got {args.num_processes}).")
         counts = prepare_pretraining(args.dataset, args.configuration, args.plans, args.extra_datasets,
                                      args.num_processes)
         total = sum(counts.values())

@@ -29,7 +29,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from nnunet_ext.datasets import load_plans, preprocessed_dataset_folder
-from nnunet_ext.errors import UserInputError, run_cli
+from nnunet_ext.errors import UserInputError, positive_int, run_cli
 
 UNLABELED_SUBFOLDER = "imagesUnlabeled"
 OUTPUT_SUFFIX = "_unlabeled"
@@ -397,13 +397,11 @@ def main_preprocess(argv=None):
                         help="configuration(s) whose plans to use. Default: 3d_fullres")
     parser.add_argument("-p", "-plans_name", dest="plans", default="nnUNetPlans",
                         help="plans identifier. Default: nnUNetPlans")
-    parser.add_argument("-np", dest="num_processes", type=int, default=2,
+    parser.add_argument("-np", dest="num_processes", type=positive_int, default=2,
                         help="number of worker processes. Default: 2")
     args = parser.parse_args(argv)
 
     def run():
-        if args.num_processes < 1:
-            raise UserInputError(f"-np must be at least 1 (got {args.num_processes}).")
         outputs = preprocess_unlabeled(args.dataset, args.configurations, args.plans, args.num_processes)
         for configuration, folder in outputs.items():
             print(f"{configuration}: unlabeled cases in {folder}")

@@ -92,3 +92,40 @@ def tiny_semi_dataset(tmp_path_factory):
     run_command(["nnUNetv2_ext_preprocess_unlabeled", "-d", SEMI_DATASET_ID, "-c", "3d_tiny", "-np", "1"], env)
     run_command(["nnUNetv2_ext_make_splits", "-d", SEMI_DATASET_ID, "--labeled", "2", "--seed", "0"], env)
     return dict(paths, dataset_id=SEMI_DATASET_ID, dataset_name=SEMI_DATASET_NAME)
+
+
+def short_budget(cls, **attributes):
+    """A subclass of ``cls`` (named ``<cls>_test``) that trains 1 epoch of 2 iterations with 1 validation
+    iteration, on the CPU by default, and sets ``attributes`` after nnU-Net's constructor."""
+    import torch
+
+    class Short(cls):
+        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cpu")):
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
+            for key, value in attributes.items():
+                setattr(self, key, value)
+
+    Short.__name__ = cls.__name__ + "_test"
+    return Short
+
+
+def make_trainer(ds, cls, configuration="3d_tiny", plans_name="nnUNetPlans", fold=0, monkeypatch=None,
+                 dataset_json=None, continue_training=False):
+    """Build a trainer in this process as nnUNetv2_train does, with the dataset's nnU-Net folders in the
+    environment (through ``monkeypatch`` when given, else in ``os.environ``)."""
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    for key, value in nnunet_env(ds, training=True).items():
+        if key.startswith("nnUNet_"):
+            if monkeypatch is not None:
+                monkeypatch.setenv(key, value)
+            else:
+                os.environ[key] = value
+    folder = os.path.join(ds["preprocessed"], ds["dataset_name"])
+    plans = load_json(os.path.join(folder, plans_name + ".json"))
+    plans["continue_training"] = continue_training
+    return cls(plans=plans, configuration=configuration, fold=fold,
+               dataset_json=dataset_json or load_json(os.path.join(folder, "dataset.json")),
+               device=torch.device("cpu"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import nnunet_env, run_command
+from conftest import make_trainer, nnunet_env, run_command, short_budget
 
 CONFIG = "3d_swin"
 SWIN = {"network_class_name": "nnunet_ext.architectures.SwinUNETR",
@@ -30,29 +30,6 @@ def swin_plans(tiny_semi_dataset):
         json.dump(plans, f, indent=1)
     os.replace(plans_file + ".tmp", plans_file)
     return ds
-
-
-def _short(cls):
-    class Short(cls):
-        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cpu")):
-            super().__init__(plans, configuration, fold, dataset_json, device)
-            self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
-
-    Short.__name__ = cls.__name__ + "_test"
-    return Short
-
-
-def _trainer(ds, cls, monkeypatch, fold=0):
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-
-    for key, value in nnunet_env(ds, training=True).items():
-        if key.startswith("nnUNet_"):
-            monkeypatch.setenv(key, value)
-    folder = os.path.join(ds["preprocessed"], ds["dataset_name"])
-    plans = load_json(os.path.join(folder, "nnUNetPlans.json"))
-    plans["continue_training"] = False
-    return cls(plans=plans, configuration=CONFIG, fold=fold,
-               dataset_json=load_json(os.path.join(folder, "dataset.json")), device=torch.device("cpu"))
 
 
 def _strict_load(trainer, checkpoint_file):
@@ -91,7 +68,8 @@ def test_other_trainers_train_without_deep_supervision(swin_plans, monkeypatch, 
 
     cls = {"nnUNetTrainerSimCVD": nnUNetTrainerSimCVD, "nnUNetTrainerVolumeFusion": nnUNetTrainerVolumeFusion,
            "nnUNetTrainerNoDeepSupervision": nnUNetTrainerNoDeepSupervision}[name]
-    trainer = _trainer(swin_plans, _short(cls), monkeypatch, fold="all" if "Fusion" in name else 0)
+    trainer = make_trainer(swin_plans, short_budget(cls), CONFIG, fold="all" if "Fusion" in name else 0,
+                           monkeypatch=monkeypatch)
     assert trainer.enable_deep_supervision is False
     trainer.run_training()
     assert np.isfinite(trainer.logger.get_value("train_losses", step=-1))
@@ -107,6 +85,6 @@ def test_other_trainers_train_without_deep_supervision(swin_plans, monkeypatch, 
 def test_plain_trainer_with_deep_supervision_gets_advice(swin_plans, monkeypatch):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    trainer = _trainer(swin_plans, _short(nnUNetTrainer), monkeypatch)
+    trainer = make_trainer(swin_plans, short_budget(nnUNetTrainer), CONFIG, monkeypatch=monkeypatch)
     with pytest.raises(ValueError, match="nnUNetTrainerNoDeepSupervision"):
         trainer.initialize()

@@ -10,27 +10,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import TEST_TRAINERS, nnunet_env, run_command
+from conftest import TEST_TRAINERS, make_trainer, nnunet_env, run_command
 
 CONFIG = "3d_tiny"
 
 
 def _trainer_folder(ds, trainer, fold):
     return os.path.join(ds["results"], ds["dataset_name"], f"{trainer}__nnUNetPlans__{CONFIG}", f"fold_{fold}")
-
-
-def _load_trainer(ds, trainer_class, fold):
-    """Build a trainer in this process, the way nnUNetv2_train does, with the fixture's folders."""
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-
-    env = nnunet_env(ds, training=True)
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[key] = env[key]
-    folder = os.path.join(ds["preprocessed"], ds["dataset_name"])
-    plans = load_json(os.path.join(folder, "nnUNetPlans.json"))
-    plans["continue_training"] = True
-    return trainer_class(plans=plans, configuration=CONFIG, fold=fold,
-                         dataset_json=load_json(os.path.join(folder, "dataset.json")), device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +69,7 @@ def test_checkpoint_loads_strictly_into_plain_nnunet_network(trained_medcontext)
 
     ds = trained_medcontext
     checkpoint_file = os.path.join(_trainer_folder(ds, "nnUNetTrainerMedContext_smoke", 0), "checkpoint_final.pth")
-    trainer = _load_trainer(ds, nnUNetTrainerMedContext_smoke, fold=0)
+    trainer = make_trainer(ds, nnUNetTrainerMedContext_smoke, CONFIG, fold=0, continue_training=True)
     plain = nnUNetTrainer.build_network_architecture(
         trainer.plans_manager, trainer.configuration_manager, 1, trainer.label_manager.num_segmentation_heads,
         enable_deep_supervision=False)
@@ -122,7 +108,7 @@ def test_killed_run_resumes_with_teacher_and_step(tiny_planned_dataset):
     assert final["nnunet_ext"]["global_step"] == 3 * 4
 
     # in process: after --c the teacher is the saved one, not a fresh copy of the student
-    trainer = _load_trainer(ds, nnUNetTrainerMedContext_killedAfterEpoch1, fold=1)
+    trainer = make_trainer(ds, nnUNetTrainerMedContext_killedAfterEpoch1, CONFIG, fold=1, continue_training=True)
     trainer.load_checkpoint(kept)
     teacher = trainer.teacher.state_dict()
     assert all(torch.equal(teacher[k], saved_teacher[k]) for k in saved_teacher)
@@ -151,7 +137,7 @@ def test_pretrained_weights_reach_student_and_teacher(trained_medcontext):
 
     ds = trained_medcontext
     pretrained = os.path.join(_trainer_folder(ds, "nnUNetTrainerMedContext_smoke", 0), "checkpoint_final.pth")
-    trainer = _load_trainer(ds, nnUNetTrainerMedContext, fold=3)
+    trainer = make_trainer(ds, nnUNetTrainerMedContext, CONFIG, fold=3, continue_training=True)
     trainer.initialize()
     load_pretrained_weights(trainer.network, pretrained)
     trainer.on_train_start()

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import TEST_TRAINERS, nnunet_env, run_command
+from conftest import TEST_TRAINERS, make_trainer, nnunet_env, run_command
 
 CONFIG = "3d_tiny"
 TRAINER = "nnUNetTrainerSimCVD_smoke"
@@ -19,19 +19,6 @@ TRAINER = "nnUNetTrainerSimCVD_smoke"
 
 def _trainer_folder(ds, trainer, fold):
     return os.path.join(ds["results"], ds["dataset_name"], f"{trainer}__nnUNetPlans__{CONFIG}", f"fold_{fold}")
-
-
-def _load_trainer(ds, trainer_class, fold):
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-
-    env = nnunet_env(ds, training=True)
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA"):
-        os.environ[key] = env[key]
-    folder = os.path.join(ds["preprocessed"], ds["dataset_name"])
-    plans = load_json(os.path.join(folder, "nnUNetPlans.json"))
-    plans["continue_training"] = True
-    return trainer_class(plans=plans, configuration=CONFIG, fold=fold,
-                         dataset_json=load_json(os.path.join(folder, "dataset.json")), device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +77,7 @@ def test_checkpoint_loads_strictly_into_plain_nnunet_network(trained_simcvd):
 
     ds = trained_simcvd
     checkpoint_file = os.path.join(_trainer_folder(ds, TRAINER, 0), "checkpoint_final.pth")
-    trainer = _load_trainer(ds, nnUNetTrainerSimCVD_smoke, fold=0)
+    trainer = make_trainer(ds, nnUNetTrainerSimCVD_smoke, CONFIG, fold=0, continue_training=True)
     plain = nnUNetTrainer.build_network_architecture(
         trainer.plans_manager, trainer.configuration_manager, 1, trainer.label_manager.num_segmentation_heads,
         enable_deep_supervision=False)
@@ -128,7 +115,7 @@ def test_killed_run_resumes_with_teacher_heads_and_step(tiny_semi_dataset):
     assert len(final["logging"]["contrast"]) == 3
 
     # in process: after --c, teacher and heads are the saved ones, not fresh copies of the student
-    trainer = _load_trainer(ds, nnUNetTrainerSimCVD_killedAfterEpoch1, fold=1)
+    trainer = make_trainer(ds, nnUNetTrainerSimCVD_killedAfterEpoch1, CONFIG, fold=1, continue_training=True)
     trainer.load_checkpoint(kept)
     trainer.on_train_start()
     try:

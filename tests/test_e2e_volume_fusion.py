@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import nnunet_env, run_command
+from conftest import make_trainer, nnunet_env, run_command, short_budget
 
 CONFIG = "3d_tiny"
 EXTRA_ID, EXTRA_NAME = 503, "Dataset503_PhantomExtra"
@@ -70,19 +70,6 @@ def test_pretraining_run(pretrained):
     assert all(v.device.type == "cpu" for v in checkpoint["network_weights"].values())
 
 
-def _fine_tune_trainer(ds, cls, fold):
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-
-    env = nnunet_env(ds, training=True)
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA"):
-        os.environ[key] = env[key]
-    folder = os.path.join(ds["preprocessed"], ds["dataset_name"])
-    plans = load_json(os.path.join(folder, "nnUNetPlans.json"))
-    plans["continue_training"] = False
-    return cls(plans=plans, configuration=CONFIG, fold=fold,
-               dataset_json=load_json(os.path.join(folder, "dataset.json")), device=torch.device("cpu"))
-
-
 @pytest.mark.parametrize("trainer_name", ["nnUNetTrainer", "nnUNetTrainerMedContext", "nnUNetTrainerSimCVD"])
 def test_fine_tuning_starts_from_every_pretrained_weight(pretrained, trainer_name):
     """At the first step every weight but the segmentation outputs is the pretrained one (teachers too)."""
@@ -93,7 +80,7 @@ def test_fine_tuning_starts_from_every_pretrained_weight(pretrained, trainer_nam
 
     cls = {"nnUNetTrainer": nnUNetTrainer, "nnUNetTrainerMedContext": nnUNetTrainerMedContext,
            "nnUNetTrainerSimCVD": nnUNetTrainerSimCVD}[trainer_name]
-    trainer = _fine_tune_trainer(pretrained, cls, fold=3)
+    trainer = make_trainer(pretrained, cls, CONFIG, fold=3)
     trainer.initialize()
     load_pretrained_weights(trainer.network, pretrained["checkpoint"], verbose=False)
     trainer.on_train_start()
@@ -130,18 +117,6 @@ def test_fine_tune_with_stock_command_and_predict(pretrained):
         assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(p)))) <= labels
 
 
-def _short(cls, **attributes):
-    class Short(cls):
-        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cpu")):
-            super().__init__(plans, configuration, fold, dataset_json, device)
-            self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
-            for key, value in attributes.items():
-                setattr(self, key, value)
-
-    Short.__name__ = cls.__name__ + "_test"
-    return Short
-
-
 @pytest.mark.parametrize("variant, batch_size, deep_supervision", [
     ("nnUNetTrainerVolumeFusion", 1, True),         # a second random crop instead of the batch roll
     ("nnUNetTrainerVolumeFusion_K2", 2, False),
@@ -150,8 +125,8 @@ def _short(cls, **attributes):
 def test_variants_batch_of_one_and_no_deep_supervision(pretrained, variant, batch_size, deep_supervision):
     from nnunet_ext.training import volume_fusion
 
-    cls = _short(getattr(volume_fusion, variant), enable_deep_supervision=deep_supervision)
-    trainer = _fine_tune_trainer(pretrained, cls, fold="all")
+    cls = short_budget(getattr(volume_fusion, variant), enable_deep_supervision=deep_supervision)
+    trainer = make_trainer(pretrained, cls, CONFIG, fold="all")
     trainer.configuration_manager.configuration["batch_size"] = batch_size
     trainer.enable_deep_supervision = deep_supervision
     trainer.run_training()

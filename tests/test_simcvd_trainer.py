@@ -6,41 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import nnunet_env, run_command
+from conftest import make_trainer as _trainer, nnunet_env, run_command, short_budget as _budget
 from nnunet_ext.errors import UserInputError
 from nnunet_ext.sdm import multiclass_sdm
 from nnunet_ext.training import simcvd
 
 RESENC_PLANS = "nnUNetResEncUNetMPlans"
-
-
-def _budget(cls, **attributes):
-    """A subclass of ``cls`` that trains 1 epoch of 2 iterations (and sets ``attributes``)."""
-
-    class Short(cls):
-        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cpu")):
-            super().__init__(plans, configuration, fold, dataset_json, device)
-            self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
-            for key, value in attributes.items():
-                setattr(self, key, value)
-
-    Short.__name__ = cls.__name__ + "_test"
-    return Short
-
-
-def _trainer(ds, cls, configuration="3d_tiny", plans_name="nnUNetPlans", fold=0, monkeypatch=None,
-             dataset_json=None):
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-
-    for key, value in nnunet_env(ds, training=True).items():
-        if key.startswith("nnUNet_"):
-            monkeypatch.setenv(key, value)
-    folder = os.path.join(ds["preprocessed"], ds["dataset_name"])
-    plans = load_json(os.path.join(folder, plans_name + ".json"))
-    plans["continue_training"] = False
-    return cls(plans=plans, configuration=configuration, fold=fold,
-               dataset_json=dataset_json or load_json(os.path.join(folder, "dataset.json")),
-               device=torch.device("cpu"))
 
 
 def _train_and_check(trainer):

@@ -11,7 +11,9 @@ import torch
 from nnunet_ext.training.smoke import nnUNetTrainerMedContext_smoke, nnUNetTrainerSimCVD_smoke
 
 
-class nnUNetTrainerMedContext_killedAfterEpoch1(nnUNetTrainerMedContext_smoke):
+class KilledAfterEpoch1:
+    """Mixin: 3 epochs, and a SIGKILL of the own process right after epoch 1 was checkpointed (unless resumed)."""
+
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 3
@@ -22,12 +24,9 @@ class nnUNetTrainerMedContext_killedAfterEpoch1(nnUNetTrainerMedContext_smoke):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-class nnUNetTrainerSimCVD_killedAfterEpoch1(nnUNetTrainerSimCVD_smoke):
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 3
+class nnUNetTrainerMedContext_killedAfterEpoch1(KilledAfterEpoch1, nnUNetTrainerMedContext_smoke):
+    pass
 
-    def on_epoch_end(self):
-        super().on_epoch_end()
-        if not self.restored_from_checkpoint and self.current_epoch == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
+
+class nnUNetTrainerSimCVD_killedAfterEpoch1(KilledAfterEpoch1, nnUNetTrainerSimCVD_smoke):
+    pass
