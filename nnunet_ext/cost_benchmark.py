@@ -355,7 +355,8 @@ def trainer_batches(trainer, batches: List[dict]) -> List[dict]:
     if complete is None:
         return batches
     with _quiet():
-        return [_copy_batch(complete(_copy_batch(batch))) for batch in batches]
+        # the copy keeps the shared batch intact; complete_batch returns fresh containers around it
+        return [complete(_copy_batch(batch)) for batch in batches]
 
 
 # ---------------------------------------------------------------- training steps

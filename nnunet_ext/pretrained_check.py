@@ -19,7 +19,8 @@ from nnunet_ext.errors import UserInputError, run_cli
 
 SKIPPED = (".seg_layers.",)  # what nnU-Net's load_pretrained_weights does not transfer
 
-__all__ = ["shape_mismatches", "storage_locations", "read_checkpoint", "check_pretrained_weights",
+__all__ = ["shape_mismatches", "storage_locations", "read_checkpoint", "describe_mismatches",
+           "check_pretrained_weights",
            "pretrained_weights_argument", "write_cpu_copy", "main"]
 
 
@@ -48,29 +49,46 @@ def shape_mismatches(network_shapes: Mapping[str, Sequence[int]], pretrained_sha
 def storage_locations(path: str) -> Set[str]:
     """Devices the checkpoint's tensors were saved on (e.g. ``{'cuda:0'}``), read without needing those devices."""
     locations: Set[str] = set()
-
-    def record(storage, location):
-        locations.add(str(location))
-        return storage
-
-    torch.load(path, map_location=record, weights_only=False, mmap=True)
+    read_checkpoint(path, locations, require_network_weights=False)
     return locations
 
 
-def read_checkpoint(path: str) -> dict:
-    """Load a checkpoint on the CPU with a clear error for a missing, truncated or foreign file."""
+def read_checkpoint(path: str, locations: Optional[Set[str]] = None, require_network_weights: bool = True) -> dict:
+    """Load a checkpoint on the CPU with a clear error for a missing, truncated or foreign file.
+
+    Args:
+        path: the checkpoint file.
+        locations: if given, receives the devices the tensors were saved on (same single read).
+        require_network_weights: refuse files without nnU-Net's ``network_weights``.
+    """
     if not os.path.isfile(path):
         raise UserInputError(f"Pretrained weights {path} do not exist.")
+
+    def to_cpu(storage, location):
+        # called per storage with the device it was saved on; the storage itself is already on the CPU
+        if locations is not None:
+            locations.add(str(location))
+        return storage
+
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location=to_cpu, weights_only=False, mmap=True)
     except Exception as e:  # truncated zip, pickle errors, ...
         raise UserInputError(f"Pretrained weights {path} cannot be read ({type(e).__name__}: {e}); the file is "
                              f"truncated or not a PyTorch checkpoint. Use checkpoint_final.pth of a finished run."
                              ) from None
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+    if require_network_weights and (not isinstance(checkpoint, dict) or "network_weights" not in checkpoint):
         raise UserInputError(f"{path} has no 'network_weights': it is not an nnU-Net checkpoint "
                              f"(checkpoint_final.pth / checkpoint_best.pth of nnUNetv2_train).")
     return checkpoint
+
+
+def describe_mismatches(mismatches: Sequence[Tuple[str, Optional[tuple], Optional[tuple]]], other: str,
+                        max_listed: int) -> str:
+    """``key: this network [..], <other> [..]; ...`` for the first ``max_listed`` of :func:`shape_mismatches`."""
+    listed = "; ".join(f"{key}: this network {list(shape)}, {other} {'missing' if theirs is None else list(theirs)}"
+                       for key, shape, theirs in mismatches[:max_listed])
+    more = f" (and {len(mismatches) - max_listed} more)" if len(mismatches) > max_listed else ""
+    return listed + more
 
 
 def _origin(checkpoint: dict) -> Optional[dict]:
@@ -116,20 +134,18 @@ def check_pretrained_weights(network: torch.nn.Module, path: str, dataset: str, 
     """
     from nnunet_ext.ema import unwrap_module
 
-    checkpoint = read_checkpoint(path)
+    locations: Set[str] = set()
+    checkpoint = read_checkpoint(path, locations)
     ours = {k: tuple(v.shape) for k, v in unwrap_module(network).state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in checkpoint["network_weights"].items()}
     mismatches = shape_mismatches(ours, theirs)
     if mismatches:
-        listed = "; ".join(f"{key}: this network {list(shape)}, pretrained "
-                           f"{'missing' if other is None else list(other)}"
-                           for key, shape, other in mismatches[:max_listed])
-        more = f" (and {len(mismatches) - max_listed} more)" if len(mismatches) > max_listed else ""
         raise UserInputError(
             f"Pretrained weights {path} do not fit configuration '{configuration}' of {dataset} (plans {plans}): "
-            f"{len(mismatches)} of {len(ours)} layers differ: {listed}{more}. "
+            f"{len(mismatches)} of {len(ours)} layers differ: "
+            f"{describe_mismatches(mismatches, 'pretrained', max_listed)}. "
             + _alignment_advice(_origin(checkpoint), dataset, configuration, plans, path))
-    devices = {loc for loc in storage_locations(path) if not loc.startswith("cpu")}
+    devices = {loc for loc in locations if not loc.startswith("cpu")}
     if devices and not torch.cuda.is_available():
         raise UserInputError(
             f"Pretrained weights {path} were saved on {sorted(devices)}, and this machine has no GPU: nnU-Net's "
@@ -194,10 +210,12 @@ def main(argv=None):
         configuration = plans_manager.get_configuration(args.configuration)
         import json
 
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
         with open(os.path.join(folder, "dataset.json")) as f:
             dataset_json = json.load(f)
         label_manager = plans_manager.get_label_manager(dataset_json)
-        num_inputs = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
+        num_inputs = determine_num_input_channels(plans_manager, configuration, dataset_json)
         network = nnUNetTrainer.build_network_architecture(plans_manager, configuration, num_inputs,
                                                            label_manager.num_segmentation_heads,
                                                            enable_deep_supervision=True)

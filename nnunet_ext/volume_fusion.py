@@ -78,9 +78,10 @@ def draw_fusion_boxes(patch_shape: Sequence[int], num_classes: int, num_boxes: T
     return boxes
 
 
-def paint_fusion_labels(patch_shape: Sequence[int], boxes: Sequence[FusionBox]) -> Tensor:
-    """Label map (int64, ``patch_shape``): 0 outside every box, later boxes over earlier ones."""
-    labels = torch.zeros(tuple(patch_shape), dtype=torch.int64)
+def paint_fusion_labels(patch_shape: Sequence[int], boxes: Sequence[FusionBox],
+                        device: Optional[torch.device] = None) -> Tensor:
+    """Label map (int64, ``patch_shape``, on ``device``): 0 outside every box, later boxes over earlier ones."""
+    labels = torch.zeros(tuple(patch_shape), dtype=torch.int64, device=device)
     for box in boxes:
         labels[tuple(slice(a, b) for a, b in zip(box.start, box.stop))] = box.label
     return labels
@@ -121,8 +122,8 @@ def fuse_batch(data: Tensor, num_classes: int, foreground: Optional[Tensor] = No
     if foreground.shape != data.shape:
         raise ValueError(f"foreground {tuple(foreground.shape)} and background {tuple(data.shape)} differ")
     spatial = tuple(data.shape[2:])
+    # boxes are drawn on the CPU (a few scalars), painted where the batch is: no full-size host-to-device copy
     labels = torch.stack([paint_fusion_labels(spatial, draw_fusion_boxes(spatial, num_classes, num_boxes,
-                                                                          edge_fraction, generator))
+                                                                          edge_fraction, generator), data.device)
                           for _ in range(data.shape[0])])[:, None]
-    labels = labels.to(data.device, non_blocking=True)
     return fuse_volumes(foreground, data, labels, num_classes), labels

@@ -23,7 +23,8 @@ from nnunet_ext.ema import unwrap_module
 from nnunet_ext.env import check_nnunet_version
 from nnunet_ext.errors import UserInputError
 from nnunet_ext.plotting import plot_extra_progress
-from nnunet_ext.pretrained_check import check_pretrained_weights, pretrained_weights_argument, shape_mismatches
+from nnunet_ext.pretrained_check import (check_pretrained_weights, describe_mismatches, pretrained_weights_argument,
+                                         shape_mismatches)
 
 CHECKPOINT_KEY = "nnunet_ext"
 
@@ -279,8 +280,7 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
         saved = {k: tuple(v.shape) for k, v in checkpoint["network_weights"].items()}
         differing = shape_mismatches(ours, saved, skipped=())
         if differing:
-            listed = "; ".join(f"{key}: this network {list(shape)}, checkpoint "
-                               f"{'missing' if other is None else list(other)}" for key, shape, other in differing[:8])
+            listed = describe_mismatches(differing, "checkpoint", max_listed=8)
             init = checkpoint.get("init_args") or {}
             origin = (f" It was written with plans '{(init.get('plans') or {}).get('plans_name')}', configuration "
                       f"'{init.get('configuration')}'." if init else "")

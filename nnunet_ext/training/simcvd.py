@@ -154,9 +154,8 @@ class nnUNetTrainerSimCVD(nnUNetTrainerExtBase):
                                  f"images have no previous-stage segmentation. Use 3d_fullres, 3d_lowres or 2d.")
         if self.label_manager.num_segmentation_heads < 2:
             raise UserInputError(f"{name} needs at least one foreground class in dataset.json.")
-        for attribute in ("ema_decay",):
-            if not 0.0 <= getattr(self, attribute) < 1.0:
-                raise UserInputError(f"{name}: {attribute} must lie in [0, 1), not {getattr(self, attribute)}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserInputError(f"{name}: ema_decay must lie in [0, 1), not {self.ema_decay}.")
 
     def trainable_extra_parameters(self):
         return list(self.heads.parameters())
@@ -195,9 +194,11 @@ class nnUNetTrainerSimCVD(nnUNetTrainerExtBase):
                                             do_dummy_2d_data_aug, **kwargs)
         labeled = parent(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
                          **kwargs)
-        sdm = AppendSignedDistanceMapTransform(self.label_manager.num_segmentation_heads,
-                                               spacing=self.configuration_manager.spacing)
-        return ComposeTransforms([*labeled.transforms, sdm])
+        return ComposeTransforms([*labeled.transforms, self._sdm_transform()])
+
+    def _sdm_transform(self) -> AppendSignedDistanceMapTransform:
+        return AppendSignedDistanceMapTransform(self.label_manager.num_segmentation_heads,
+                                                spacing=self.configuration_manager.spacing)
 
     def get_dataloaders(self):
         labeled, validation = super().get_dataloaders()
@@ -233,8 +234,7 @@ class nnUNetTrainerSimCVD(nnUNetTrainerExtBase):
         """
         if self.dataloader_train is None:
             self.dataloader_train, self.dataloader_val = self.get_dataloaders()
-        sdm = AppendSignedDistanceMapTransform(self.label_manager.num_segmentation_heads,
-                                               spacing=self.configuration_manager.spacing)
+        sdm = self._sdm_transform()
         target = batch["target"]
         full = target[0] if isinstance(target, (list, tuple)) else target
         maps = torch.stack([sdm.maps(sample) for sample in full])

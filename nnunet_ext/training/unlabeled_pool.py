@@ -53,6 +53,14 @@ class UnlabeledPool:
         return data, region, None, dict(properties, class_locations={})
 
 
+def _folder_source(dataset_class, prefix: str, folder: str) -> List[Tuple[str, object]]:
+    """``[(prefix, dataset of every case in folder)]``, or ``[]`` when the folder is missing or empty."""
+    if not os.path.isdir(folder):
+        return []
+    identifiers = dataset_class.get_identifiers(folder)
+    return [(prefix, dataset_class(folder, identifiers))] if identifiers else []
+
+
 def split_unlabeled_cases(splits_file: str, fold) -> List[str]:
     """The fold's ``unlabeled`` cases of a few-label ``splits_final.json`` (none for fold 'all' or plain splits)."""
     if fold == "all" or not os.path.isfile(splits_file):
@@ -77,12 +85,8 @@ def build_unlabeled_pool(dataset_class, preprocessed_dataset_folder_base: str, p
         dataset_name, configuration, trainer_name: for messages.
         excluded: case identifiers that must not enter the pool (the fold's labeled and validation cases).
     """
-    sources = []
     unlabeled_folder = os.path.join(preprocessed_dataset_folder_base, data_identifier + OUTPUT_SUFFIX)
-    if os.path.isdir(unlabeled_folder):
-        identifiers = dataset_class.get_identifiers(unlabeled_folder)
-        if identifiers:
-            sources.append((_FROM_UNLABELED_FOLDER, dataset_class(unlabeled_folder, identifiers)))
+    sources = _folder_source(dataset_class, _FROM_UNLABELED_FOLDER, unlabeled_folder)
     splits_file = os.path.join(preprocessed_dataset_folder_base, "splits_final.json")
     pooled = split_unlabeled_cases(splits_file, fold)
     if pooled:
@@ -115,10 +119,8 @@ def build_pretraining_pool(dataset_class, preprocessed_dataset_folder_base: str,
     from nnunet_ext.pretraining import pretraining_folders
 
     sources = [(_FROM_SPLIT, dataset_class(preprocessed_folder))]
-    unlabeled_folder = os.path.join(preprocessed_dataset_folder_base, data_identifier + OUTPUT_SUFFIX)
-    if os.path.isdir(unlabeled_folder) and dataset_class.get_identifiers(unlabeled_folder):
-        sources.append((_FROM_UNLABELED_FOLDER, dataset_class(unlabeled_folder)))
+    sources += _folder_source(dataset_class, _FROM_UNLABELED_FOLDER,
+                              os.path.join(preprocessed_dataset_folder_base, data_identifier + OUTPUT_SUFFIX))
     for name, folder in pretraining_folders(preprocessed_dataset_folder_base, data_identifier).items():
-        if dataset_class.get_identifiers(folder):
-            sources.append((name + "/", dataset_class(folder)))
+        sources += _folder_source(dataset_class, name + "/", folder)
     return UnlabeledPool(sources)
