@@ -10,6 +10,7 @@ import pydoc
 from typing import Dict, List
 
 import numpy as np
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 import torch
 from torch import autocast, nn
 from torch import distributed as dist
@@ -22,6 +23,7 @@ from nnunet_ext import __version__
 from nnunet_ext.ema import unwrap_module
 from nnunet_ext.env import check_nnunet_version
 from nnunet_ext.errors import UserInputError
+from nnunet_ext.label_check import CheckLabelValuesTransform, allowed_label_values
 from nnunet_ext.plotting import plot_extra_progress
 from nnunet_ext.pretrained_check import (check_pretrained_weights, describe_mismatches, pretrained_weights_argument,
                                          shape_mismatches)
@@ -60,6 +62,8 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
     """
 
     extra_log_keys: tuple = ()
+    # training patches are checked against dataset.json's labels (off for trainers that never read labels)
+    checks_label_values: bool = True
     extra_plot_name = "progress_nnunet_ext.png"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -110,6 +114,21 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
                 f"{self.preprocessed_dataset_folder} does not exist. Run nnUNetv2_preprocess -d {dataset} "
                 f"-c {self.configuration_name} -plans_name {self.plans_manager.plans_name} (for a preset "
                 f"configuration: preprocess the configuration it inherits from).")
+
+    # ---------------------------------------------------------------- data
+    def get_training_transforms(self, *args, **kwargs):
+        return self._with_label_check(super().get_training_transforms(*args, **kwargs))
+
+    def get_validation_transforms(self, *args, **kwargs):
+        return self._with_label_check(super().get_validation_transforms(*args, **kwargs))
+
+    def _with_label_check(self, transforms):
+        """nnU-Net's pipeline preceded by a check of the patch's label values (nnunet_ext.label_check)."""
+        if not self.checks_label_values:
+            return transforms
+        allowed = allowed_label_values(self.label_manager.foreground_labels, self.label_manager.ignore_label)
+        check = CheckLabelValuesTransform(allowed, self.plans_manager.dataset_name)
+        return ComposeTransforms([check, *transforms.transforms])
 
     # ---------------------------------------------------------------- extra modules
     def register_extra_module(self, name: str, module: nn.Module) -> nn.Module:

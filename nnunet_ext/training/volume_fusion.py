@@ -35,6 +35,7 @@ class nnUNetTrainerVolumeFusion(nnUNetTrainerExtBase):
 
     fusion_classes = 4                   # K
     pretraining_only = True              # predicts the pretext task: no inference on the dataset's labels
+    checks_label_values = False          # labels are never read (the pool includes unlabeled images)
     num_boxes = (10, 40)
     box_edge_fraction = (1 / 8, 5 / 8)
 
