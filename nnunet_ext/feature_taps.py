@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from nnunet_ext.ema import unwrap_module
 
-__all__ = ["FeatureTap", "UNetFeatureModules", "locate_unet_features", "last_element"]
+__all__ = ["FeatureTap", "UNetFeatureModules", "locate_unet_features", "last_element", "output_layer"]
 
 
 def last_element(output):
@@ -26,23 +26,31 @@ def last_element(output):
 
 
 class FeatureTap:
-    """Keeps the output of one submodule from its most recent forward call.
+    """Keeps the output (or input) of one submodule from its most recent forward call.
 
     Args:
         module: the submodule to read (hooked with ``register_forward_hook``).
         select: maps the module's output to the tensor to keep (default: the output itself).
+        read_input: keep the module's (first) input instead of its output (``register_forward_pre_hook``), for
+            architectures whose features exist only as the input of a layer.
 
     The tap holds a reference to the kept tensor (and so to its autograd graph) until :meth:`pop` takes it.
     Works through DDP and ``torch.compile`` wrappers, since the hook sits on the inner module.
     """
 
-    def __init__(self, module: nn.Module, select: Optional[Callable] = None):
+    def __init__(self, module: nn.Module, select: Optional[Callable] = None, read_input: bool = False):
         self.select = select
         self.output: Optional[Tensor] = None
-        self._handle = module.register_forward_hook(self._hook)
+        if read_input:
+            self._handle = module.register_forward_pre_hook(self._pre_hook)
+        else:
+            self._handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module, inputs, output):
         self.output = self.select(output) if self.select is not None else output
+
+    def _pre_hook(self, module, inputs):
+        self._hook(module, inputs, inputs[0])
 
     def pop(self) -> Tensor:
         """Return the kept output and forget it; raises if the module did not run since the last pop."""
@@ -68,19 +76,24 @@ class UNetFeatureModules:
         bottleneck: module whose output (after ``bottleneck_select``) is the deepest encoder feature map.
         bottleneck_select: picks the bottleneck from that module's output.
         bottleneck_channels: channels of the bottleneck.
-        decoder_last: module whose output is the full-resolution decoder feature map fed to the segmentation
-            layer.
+        decoder_last: module whose output is the decoder feature map fed to the segmentation layer.
         decoder_channels: channels of that map.
+        read_inputs: read the *inputs* of ``bottleneck`` and ``decoder_last`` instead of their outputs.
+        decoder_upsample: stride of the segmentation layer (a transposed convolution in Primus); ``None`` when
+            it is a 1x1(x1) convolution on full-resolution features (U-Nets).
     """
     bottleneck: nn.Module
-    bottleneck_select: Callable
+    bottleneck_select: Optional[Callable]
     bottleneck_channels: int
     decoder_last: nn.Module
     decoder_channels: int
+    read_inputs: bool = False
+    decoder_upsample: Optional[tuple[int, ...]] = None
 
     def taps(self) -> tuple[FeatureTap, FeatureTap]:
         """Hook both modules; returns ``(bottleneck_tap, decoder_tap)``."""
-        return FeatureTap(self.bottleneck, self.bottleneck_select), FeatureTap(self.decoder_last)
+        return (FeatureTap(self.bottleneck, self.bottleneck_select, self.read_inputs),
+                FeatureTap(self.decoder_last, read_input=self.read_inputs))
 
 
 def _swin_unetr_features(swin: nn.Module) -> UNetFeatureModules:
@@ -93,9 +106,22 @@ def _swin_unetr_features(swin: nn.Module) -> UNetFeatureModules:
                               decoder_channels=int(out_conv.in_channels))
 
 
+def _primus_features(primus: nn.Module) -> UNetFeatureModules:
+    """Adapter for dynamic-network-architectures' Primus family (nnU-Net's Primus trainers): a ViT encoder on
+    8x8x8 patch tokens and a patch decoder of transposed convolutions. The bottleneck is the token grid as the
+    decoder receives it (input of ``up_projection``); the "last decoder stage" is the input of the decoder's final
+    transposed convolution, which maps it to logits at twice its resolution. The SDM head therefore is a
+    transposed convolution of the same stride beside it."""
+    final = primus.up_projection.decode[-1]
+    return UNetFeatureModules(bottleneck=primus.up_projection, bottleneck_select=None,
+                              bottleneck_channels=int(primus.embed_dim), decoder_last=final,
+                              decoder_channels=int(final.in_channels), read_inputs=True,
+                              decoder_upsample=tuple(int(s) for s in final.stride))
+
+
 def locate_unet_features(network: nn.Module) -> UNetFeatureModules:
-    """Adapter for dynamic-network-architectures' U-Nets (PlainConvUNet, ResidualEncoderUNet, ...) and for
-    :class:`nnunet_ext.architectures.SwinUNETR`.
+    """Adapter for dynamic-network-architectures' U-Nets (PlainConvUNet, ResidualEncoderUNet, ...), for its
+    Primus family and for :class:`nnunet_ext.architectures.SwinUNETR`.
 
     The U-Nets' layout: ``encoder`` returns the list of skips (last = bottleneck) and has ``output_channels``;
     ``decoder.stages[-1]`` computes the full-resolution features that ``decoder.seg_layers[-1]`` maps to logits.
@@ -111,6 +137,8 @@ def locate_unet_features(network: nn.Module) -> UNetFeatureModules:
     swin = getattr(net, "swin_unetr", None)
     if swin is not None:
         return _swin_unetr_features(swin)
+    if hasattr(net, "up_projection") and hasattr(net, "eva"):
+        return _primus_features(net)
     encoder, decoder = getattr(net, "encoder", None), getattr(net, "decoder", None)
     missing = [what for what, ok in (
         ("an 'encoder' module", encoder is not None),
@@ -123,7 +151,7 @@ def locate_unet_features(network: nn.Module) -> UNetFeatureModules:
             f"{name} does not have the U-Net layout of dynamic-network-architectures: it lacks "
             f"{', '.join(missing)}. SimCVD reads the bottleneck (encoder output) and the last decoder stage "
             f"(input of the segmentation layer) there; use a plans file with PlainConvUNet or "
-            f"ResidualEncoderUNet, or add an adapter for {name} in nnunet_ext/feature_taps.py.")
+            f"ResidualEncoderUNet, a Primus variant of the trainer, or add an adapter for {name} in nnunet_ext/feature_taps.py.")
     seg_layer = decoder.seg_layers[-1]
     decoder_channels = getattr(seg_layer, "in_channels", None)
     if decoder_channels is None:
@@ -131,3 +159,17 @@ def locate_unet_features(network: nn.Module) -> UNetFeatureModules:
     return UNetFeatureModules(bottleneck=encoder, bottleneck_select=last_element,
                               bottleneck_channels=int(encoder.output_channels[-1]),
                               decoder_last=decoder.stages[-1], decoder_channels=int(decoder_channels))
+
+
+def output_layer(network: nn.Module) -> Optional[nn.Module]:
+    """The layer that maps features to full-resolution logits: ``decoder.seg_layers[-1]`` (dynamic-network-
+    architectures' U-Nets), ``up_projection.decode[-1]`` (Primus), ``swin_unetr.out`` (SwinUNETR); ``None`` for
+    other architectures."""
+    net = unwrap_module(network)
+    swin = getattr(net, "swin_unetr", None)
+    if swin is not None:
+        return swin.out
+    if hasattr(net, "up_projection") and hasattr(net, "eva"):
+        return net.up_projection.decode[-1]
+    seg_layers = getattr(getattr(net, "decoder", None), "seg_layers", None)
+    return seg_layers[-1] if seg_layers is not None else None

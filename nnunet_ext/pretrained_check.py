@@ -5,6 +5,11 @@ mismatched key with an assertion, and it calls ``torch.load`` without ``map_loca
 on a GPU cannot be loaded on a CPU-only machine. This module names every mismatched layer, says which plans the
 checkpoint was trained with and which commands align the plans, and writes CPU copies of GPU checkpoints.
 
+nnU-Net skips only keys with ``.seg_layers.`` (the U-Nets' outputs). Architectures whose output layer is named
+otherwise (Primus' final transposed convolution, SwinUNETR's ``out``) cannot be fine-tuned from a checkpoint
+with another number of classes (e.g. Volume Fusion's K + 1); for them this module writes a copy whose output
+layer is the target network's freshly initialised one (``--reinit-output``).
+
 Used by ``nnUNetv2_ext_check_pretrained`` (any trainer, plain ``nnUNetTrainer`` included) and, automatically, by
 this package's trainers when ``nnUNetv2_train`` is given ``-pretrained_weights``.
 """
@@ -20,7 +25,7 @@ from nnunet_ext.errors import UserInputError, run_cli
 SKIPPED = (".seg_layers.",)  # what nnU-Net's load_pretrained_weights does not transfer
 
 __all__ = ["shape_mismatches", "storage_locations", "read_checkpoint", "describe_mismatches",
-           "check_pretrained_weights",
+           "check_pretrained_weights", "output_layer_keys", "reinitialise_output_layer",
            "pretrained_weights_argument", "write_cpu_copy", "main"]
 
 
@@ -119,8 +124,62 @@ def _alignment_advice(origin: Optional[dict], dataset: str, configuration: str, 
             f"-pretrained_weights {path}.")
 
 
+def output_layer_keys(network: torch.nn.Module) -> List[str]:
+    """State-dict keys of the network's (full-resolution) output layer, found by the architecture adapters of
+    :func:`nnunet_ext.feature_taps.output_layer`; empty for an architecture without an adapter."""
+    from nnunet_ext.ema import unwrap_module
+    from nnunet_ext.feature_taps import output_layer
+
+    net = unwrap_module(network)
+    layer = output_layer(net)
+    if layer is None:
+        return []
+    name = next(n for n, m in net.named_modules() if m is layer)
+    return [f"{name}.{n}" for n, _ in layer.named_parameters()]
+
+
+def _output_only(mismatches, network) -> bool:
+    """True when every mismatch is a shape difference inside the output layer (another number of classes)."""
+    outputs = set(output_layer_keys(network))
+    return bool(mismatches) and all(key in outputs and theirs is not None and len(theirs) == len(shape)
+                                    for key, shape, theirs in mismatches)
+
+
+def reinitialise_output_layer(network: torch.nn.Module, path: str, out: str) -> List[str]:
+    """Write a copy of checkpoint ``path`` whose output layer is ``network``'s (freshly initialised) one, so that
+    nnU-Net's loader accepts it; every other weight is the checkpoint's. Returns the replaced keys.
+
+    Raises :class:`UserInputError` when anything but the output layer differs, or ``out`` exists / is ``path``.
+    """
+    from nnunet_ext.ema import unwrap_module
+
+    if os.path.abspath(out) == os.path.abspath(path):
+        raise UserInputError(f"--reinit-output {out} is the input file; choose another name (the original is kept).")
+    if os.path.exists(out):
+        raise UserInputError(f"{out} exists; choose another name (nothing is overwritten).")
+    checkpoint = read_checkpoint(path)
+    state = unwrap_module(network).state_dict()
+    ours = {k: tuple(v.shape) for k, v in state.items()}
+    theirs = {k: tuple(v.shape) for k, v in checkpoint["network_weights"].items()}
+    mismatches = shape_mismatches(ours, theirs, skipped=())
+    outputs = set(output_layer_keys(network))
+    others = [m for m in mismatches if m[0] not in outputs]
+    if others:
+        raise UserInputError(f"{path} differs from the target network beyond its output layer: "
+                             f"{describe_mismatches(others, 'pretrained', 12)}. A fresh output layer cannot fix "
+                             f"that; align the plans first (nnUNetv2_ext_check_pretrained without "
+                             f"--reinit-output says how).")
+    replaced = [key for key, _, _ in mismatches]
+    for key in replaced:
+        checkpoint["network_weights"][key] = state[key].detach().cpu().clone()
+    tmp = out + ".tmp"
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, out)
+    return replaced
+
+
 def check_pretrained_weights(network: torch.nn.Module, path: str, dataset: str, configuration: str,
-                             plans: str, max_listed: int = 12) -> dict:
+                             plans: str, max_listed: int = 12, trainer: str = "nnUNetTrainer") -> dict:
     """Raise a :class:`UserInputError` unless nnU-Net's ``load_pretrained_weights`` will load ``path``.
 
     Args:
@@ -139,6 +198,15 @@ def check_pretrained_weights(network: torch.nn.Module, path: str, dataset: str, 
     ours = {k: tuple(v.shape) for k, v in unwrap_module(network).state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in checkpoint["network_weights"].items()}
     mismatches = shape_mismatches(ours, theirs)
+    if _output_only(mismatches, network):
+        stem = os.path.splitext(path)[0]
+        raise UserInputError(
+            f"Pretrained weights {path} differ from configuration '{configuration}' of {dataset} only in the "
+            f"output layer ({describe_mismatches(mismatches, 'pretrained', max_listed)}): another number of "
+            f"classes, which nnU-Net's loader skips only for U-Nets' seg_layers. Write a copy with a freshly "
+            f"initialised output layer and fine-tune from it: nnUNetv2_ext_check_pretrained -d {dataset} -c "
+            f"{configuration} -p {plans} -tr {trainer} -pretrained_weights {path} --reinit-output "
+            f"{stem}_finetune.pth")
     if mismatches:
         raise UserInputError(
             f"Pretrained weights {path} do not fit configuration '{configuration}' of {dataset} (plans {plans}): "
@@ -189,8 +257,15 @@ def main(argv=None):
     parser.add_argument("-p", "-plans_name", dest="plans", default="nnUNetPlans",
                         help="plans identifier. Default: nnUNetPlans")
     parser.add_argument("-pretrained_weights", required=True, help="checkpoint file")
+    parser.add_argument("-tr", dest="trainer", default="nnUNetTrainer",
+                        help="trainer that will fine-tune (it builds the network; e.g. nnUNet_Primus_M_Trainer). "
+                             "Default: nnUNetTrainer")
     parser.add_argument("-o", dest="cpu_copy", default=None,
                         help="write a copy with every tensor on the CPU to this file")
+    parser.add_argument("--reinit-output", dest="reinit_output", default=None, metavar="FILE",
+                        help="write a copy whose output layer is freshly initialised for this configuration (for "
+                             "architectures whose output layer nnU-Net's loader does not skip, e.g. Primus after "
+                             "Volume Fusion pretraining)")
     args = parser.parse_args(argv)
 
     def run():
@@ -216,12 +291,28 @@ def main(argv=None):
             dataset_json = json.load(f)
         label_manager = plans_manager.get_label_manager(dataset_json)
         num_inputs = determine_num_input_channels(plans_manager, configuration, dataset_json)
-        network = nnUNetTrainer.build_network_architecture(plans_manager, configuration, num_inputs,
+        trainer_class = nnUNetTrainer
+        if args.trainer != "nnUNetTrainer":
+            from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+            try:
+                trainer_class = recursive_find_trainer_class_by_name(args.trainer)
+            except RuntimeError:
+                raise UserInputError(f"Trainer {args.trainer} not found by nnU-Net. For nnunet-ext's trainers run "
+                                     f"eval \"$(nnUNetv2_ext_env)\" first.") from None
+        torch.manual_seed(0)  # a fresh output layer is reproducible
+        network = trainer_class.build_network_architecture(plans_manager, configuration, num_inputs,
                                                            label_manager.num_segmentation_heads,
                                                            enable_deep_supervision=True)
-        check_pretrained_weights(network, args.cpu_copy or args.pretrained_weights, plans_manager.dataset_name,
-                                 args.configuration, args.plans)
-        print(f"OK: {args.cpu_copy or args.pretrained_weights} loads into {plans_manager.dataset_name} "
-              f"{args.configuration} ({args.plans}); every layer but the segmentation outputs is transferred.")
+        checked = args.cpu_copy or args.pretrained_weights
+        if args.reinit_output:
+            replaced = reinitialise_output_layer(network, checked, args.reinit_output)
+            print(f"Wrote {args.reinit_output}: the checkpoint with a freshly initialised output layer "
+                  f"({', '.join(replaced) or 'nothing differed'}).")
+            checked = args.reinit_output
+        check_pretrained_weights(network, checked, plans_manager.dataset_name, args.configuration, args.plans,
+                                 trainer=args.trainer)
+        print(f"OK: {checked} loads into {plans_manager.dataset_name} {args.configuration} ({args.plans}, "
+              f"{args.trainer}); every layer but the segmentation outputs is transferred.")
 
     run_cli(run, parser.prog)

@@ -5,7 +5,7 @@ Specification: methods.md section 3. The contrastive and distillation losses are
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,16 +25,26 @@ class SignedDistanceHead(nn.Module):
         in_channels: channels of the decoder's full-resolution features.
         num_maps: number of foreground classes.
         spatial_dims: 2 or 3.
+        upsample: for architectures whose segmentation layer is a transposed convolution (Primus): its stride.
+            The head is then a transposed convolution of that kernel and stride beside it.
     """
 
-    def __init__(self, in_channels: int, num_maps: int, spatial_dims: int = 3):
+    def __init__(self, in_channels: int, num_maps: int, spatial_dims: int = 3,
+                 upsample: Optional[Sequence[int]] = None):
         super().__init__()
         conv = {2: nn.Conv2d, 3: nn.Conv3d}.get(spatial_dims)
         if conv is None:
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        self.conv = conv(in_channels, num_maps, kernel_size=1)
+        self.upsample = tuple(upsample) if upsample is not None and any(s != 1 for s in upsample) else None
+        if self.upsample is not None:
+            transposed = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[spatial_dims]
+            self.conv = transposed(in_channels, num_maps, kernel_size=self.upsample, stride=self.upsample)
+        else:
+            self.conv = conv(in_channels, num_maps, kernel_size=1)
 
     def forward(self, features: Tensor) -> Tensor:
+        if self.upsample is not None:
+            return torch.tanh(self.conv(features))
         # the 1x1(x1) convolution as a channel contraction: the same numbers, but on the CPU oneDNN's backward of
         # a 1x1x1 convolution with few channels costs about 3x the einsum's (docs/cost.md)
         weight = self.conv.weight.flatten(1)
@@ -52,13 +62,14 @@ class SimCVDHeads(nn.Module):
         spatial_dims: 2 or 3.
         projection_hidden, projection_dim, projection_pool, projection_dropout: see
             :class:`nnunet_ext.contrastive.SliceProjectionHead`.
+        sdm_upsample: see :class:`SignedDistanceHead` (``upsample``).
     """
 
     def __init__(self, decoder_channels: int, num_maps: int, input_channels: int, spatial_dims: int = 3,
                  projection_hidden: int = 256, projection_dim: int = 128, projection_pool: int = 4,
-                 projection_dropout: float = 0.1):
+                 projection_dropout: float = 0.1, sdm_upsample: Optional[Sequence[int]] = None):
         super().__init__()
-        self.sdm = SignedDistanceHead(decoder_channels, num_maps, spatial_dims)
+        self.sdm = SignedDistanceHead(decoder_channels, num_maps, spatial_dims, sdm_upsample)
         self.projection = SliceProjectionHead(input_channels, hidden=projection_hidden, out_dim=projection_dim,
                                               pool_size=projection_pool, dropout=projection_dropout,
                                               spatial_dims=spatial_dims)

@@ -66,6 +66,20 @@ def tiny_planned_dataset(tmp_path_factory):
     return dict(paths, dataset_id=DATASET_ID, dataset_name=DATASET_NAME)
 
 
+RESENC_PLANS = "nnUNetResEncUNetMPlans"
+
+
+@pytest.fixture(scope="session")
+def resenc_planned_dataset(tiny_planned_dataset):
+    """Dataset 501 also planned with nnUNetPlannerResEncM (plans ``nnUNetResEncUNetMPlans``), with 3d_tiny added.
+    The ResEnc planners reuse nnUNetPlans_3d_fullres data, so planning alone is enough."""
+    ds = tiny_planned_dataset
+    env = nnunet_env(ds)
+    run_command(["nnUNetv2_plan_experiment", "-d", ds["dataset_id"], "-pl", "nnUNetPlannerResEncM"], env)
+    run_command(["nnUNetv2_ext_add_preset", "-d", ds["dataset_id"], "-preset", "3d_tiny", "-p", RESENC_PLANS], env)
+    return ds
+
+
 SEMI_DATASET_ID = 502
 SEMI_DATASET_NAME = "Dataset502_PhantomSemi"
 

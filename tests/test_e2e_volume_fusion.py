@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import make_trainer, nnunet_env, run_command, short_budget
+from conftest import TEST_TRAINERS, make_trainer, nnunet_env, run_command, short_budget
 
 CONFIG = "3d_tiny"
 EXTRA_ID, EXTRA_NAME = 503, "Dataset503_PhantomExtra"
@@ -224,3 +224,46 @@ def test_checkpoint_file_problems(tmp_path):
     theirs = {"a.weight": (2, 3), "b.weight": (5,), "x.seg_layers.0.weight": (3, 2)}
     assert shape_mismatches(ours, theirs) == [("b.weight", (4,), (5,))]
     assert shape_mismatches(ours, {"a.weight": (2, 3)}) == [("b.weight", (4,), None)]
+
+
+def test_killed_pretraining_resumes_with_step_and_optimiser(pretrained):
+    ds = pretrained
+    name = "nnUNetTrainerVolumeFusion_killedAfterEpoch1"
+    env = nnunet_env(ds, training=True, extra_trainer_dirs=[TEST_TRAINERS])
+    args = ["nnUNetv2_train", ds["dataset_id"], CONFIG, "all", "-tr", name, "-device", "cpu"]
+    killed = run_command(args, env, check=False)
+    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
+    latest = os.path.join(_folder(ds, name, "all"), "checkpoint_latest.pth")
+    saved = torch.load(latest, map_location="cpu", weights_only=False)
+    assert saved["nnunet_ext"]["global_step"] == 2 * 4 and saved["current_epoch"] == 2
+    resumed = run_command(args + ["--c"], env)
+    assert "global step 8" in resumed.stdout
+    final = torch.load(os.path.join(_folder(ds, name, "all"), "checkpoint_final.pth"), map_location="cpu",
+                       weights_only=False)
+    assert final["nnunet_ext"]["global_step"] == 3 * 4 and final["current_epoch"] == 3
+    # the resumed epoch continued from the saved optimiser (momentum buffers present and moved on)
+    assert final["optimizer_state"]["state"] and len(final["logging"]["train_losses"]) == 3
+
+
+def test_pretraining_on_residual_encoder_unet_fine_tunes_through_nnunets_loader(resenc_planned_dataset, monkeypatch,
+                                                                                tmp_path):
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from conftest import RESENC_PLANS
+    from nnunet_ext.training.volume_fusion import nnUNetTrainerVolumeFusion
+
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    ds = resenc_planned_dataset
+    trainer = make_trainer(ds, short_budget(nnUNetTrainerVolumeFusion), CONFIG, RESENC_PLANS, fold="all",
+                           monkeypatch=monkeypatch)
+    assert trainer.configuration_manager.network_arch_class_name.endswith("ResidualEncoderUNet")
+    trainer.run_training()
+    checkpoint = os.path.join(trainer.output_folder, "checkpoint_final.pth")
+    weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    assert _output_channels(weights) == 5
+    target = make_trainer(ds, nnUNetTrainer, CONFIG, RESENC_PLANS, monkeypatch=monkeypatch)
+    target.initialize()
+    load_pretrained_weights(target.network, checkpoint)  # what nnUNetv2_train -pretrained_weights calls
+    loaded = target.network.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in weights.items() if ".seg_layers." not in k)

@@ -45,18 +45,8 @@ def test_deep_supervision_off(tiny_planned_dataset, monkeypatch):
     _train_and_check(trainer)
 
 
-@pytest.fixture(scope="module")
-def resenc_plans(tiny_planned_dataset):
-    ds = tiny_planned_dataset
-    env = nnunet_env(ds)
-    # the ResEnc planners reuse nnUNetPlans_3d_fullres data, so planning alone is enough
-    run_command(["nnUNetv2_plan_experiment", "-d", ds["dataset_id"], "-pl", "nnUNetPlannerResEncM"], env)
-    run_command(["nnUNetv2_ext_add_preset", "-d", ds["dataset_id"], "-preset", "3d_tiny", "-p", RESENC_PLANS], env)
-    return ds
-
-
-def test_residual_encoder_unet(resenc_plans, monkeypatch):
-    trainer = _trainer(resenc_plans, _budget(medcontext.nnUNetTrainerMedContext), "3d_tiny", RESENC_PLANS,
+def test_residual_encoder_unet(resenc_planned_dataset, monkeypatch):
+    trainer = _trainer(resenc_planned_dataset, _budget(medcontext.nnUNetTrainerMedContext), "3d_tiny", RESENC_PLANS,
                        monkeypatch=monkeypatch)
     assert trainer.configuration_manager.network_arch_class_name.endswith("ResidualEncoderUNet")
     _train_and_check(trainer)

@@ -138,6 +138,57 @@ def test_deleted_and_half_written_cases_are_redone(nnunet_paths):
     assert not os.path.exists(os.path.join(out, ".partial", "Unl_006"))
 
 
+KILL_WHILE_MOVING = """
+import os, signal, sys
+real_replace, moved = os.replace, []
+
+def replace_then_die(src, dst):  # SIGKILL right after the first file of a case was moved into place
+    real_replace(src, dst)
+    moved.append(dst)
+    if len(moved) == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace_then_die
+from nnunet_ext.unlabeled import main_preprocess
+main_preprocess(["-d", "{dataset}", "-np", "1"])
+"""
+
+
+def test_sigkill_while_a_case_is_moved_into_place_is_redone_identically(nnunet_paths):
+    """A real SIGKILL of the command between the files of one case: the next run redoes that case, and it ends
+    identical to an uninterrupted run (arrays and properties)."""
+    import subprocess
+    import sys
+
+    out = nnunet_paths["out"]
+    case = UNLABELED_CASES[0]
+    def content(path):  # blosc2 files carry metadata that differs between writes; compare the arrays
+        if path.endswith(".b2nd"):
+            import blosc2
+
+            return np.asarray(blosc2.open(path, mode="r")[:])
+        with open(path, "rb") as f:
+            return f.read()
+
+    expected = {}
+    for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
+        path = os.path.join(out, case + suffix)
+        expected[suffix] = content(path)
+        os.remove(path)
+    env = dict(nnunet_paths["env"])
+    killed = subprocess.run([sys.executable, "-c", KILL_WHILE_MOVING.format(dataset=DATASET_ID)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
+    present = [s for s in expected if os.path.isfile(os.path.join(out, case + s))]
+    assert len(present) == 1 and ".pkl" not in present  # one file moved, the case does not count as done
+    run_command(["nnUNetv2_ext_preprocess_unlabeled", "-d", DATASET_ID, "-np", "1"], env)
+    for suffix, data in expected.items():
+        again = content(os.path.join(out, case + suffix))
+        assert np.array_equal(again, data) if isinstance(data, np.ndarray) else again == data, suffix
+    partial = os.path.join(out, ".partial")
+    assert not os.path.isdir(partial) or not os.listdir(partial)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # input checks
 # ------------------------------------------------------------------------------------------------------------

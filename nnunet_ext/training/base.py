@@ -31,6 +31,13 @@ from nnunet_ext.pretrained_check import (check_pretrained_weights, describe_mism
 CHECKPOINT_KEY = "nnunet_ext"
 
 
+def _numpy_scalar_globals() -> list:
+    """The numpy types that nnU-Net's checkpoints pickle (scalars in its log), for ``torch.serialization``."""
+    core = getattr(np, "_core", None) or np.core
+    dtypes = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.bool_)
+    return [core.multiarray.scalar, np.dtype, *(type(np.dtype(t)) for t in dtypes)]
+
+
 def disable_deep_supervision(module: nn.Module) -> None:
     """Make a (teacher) copy of a dynamic-network-architectures U-Net return its full-resolution output only."""
     decoder = getattr(unwrap_module(module), "decoder", None)
@@ -64,6 +71,8 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
     extra_log_keys: tuple = ()
     # training patches are checked against dataset.json's labels (off for trainers that never read labels)
     checks_label_values: bool = True
+    # nnU-Net's gradient clipping norm (its Primus trainers use 1)
+    gradient_clip_norm: float = 12.0
     extra_plot_name = "progress_nnunet_ext.png"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -93,10 +102,17 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
         """The method's hyperparameters (written to the log, the logger config and every checkpoint)."""
         return {}
 
+    def recorded_hyperparameters(self) -> dict:
+        """The method's hyperparameters plus the optimisation settings it shares with nnU-Net (which differ
+        between nnU-Net's trainer families, e.g. its Primus trainers)."""
+        return {**self.method_hyperparameters(), "initial_lr": self.initial_lr, "weight_decay": self.weight_decay,
+                "gradient_clip_norm": self.gradient_clip_norm,
+                "deep_supervision": bool(self.enable_deep_supervision)}
+
     def initialize(self):
         self._check_preprocessed_data()
         super().initialize()
-        hyperparameters = self.method_hyperparameters()
+        hyperparameters = {**self.recorded_hyperparameters(), "optimizer": type(self.optimizer).__name__}
         self.print_to_log_file(f"{self.__class__.__name__} (nnunet-ext {__version__}) hyperparameters: "
                                f"{hyperparameters}")
         self.logger.update_config({"nnunet_ext": hyperparameters})
@@ -104,7 +120,8 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
         if pretrained is not None:
             # before nnU-Net's loader, whose assertion names one key and cannot read GPU checkpoints on a CPU
             check_pretrained_weights(self.network, pretrained, self.plans_manager.dataset_name,
-                                     self.configuration_name, self.plans_manager.plans_name)
+                                     self.configuration_name, self.plans_manager.plans_name,
+                                     trainer=self.__class__.__name__)
 
     def _check_preprocessed_data(self):
         if self.preprocessed_dataset_folder is not None and not os.path.isdir(self.preprocessed_dataset_folder):
@@ -146,11 +163,23 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
         """Parameters of extra modules that the optimiser trains (default: none)."""
         return []
 
-    def add_extra_parameters_to_optimizer(self):
-        params = [p for p in self.trainable_extra_parameters() if p.requires_grad]
+    def add_extra_parameters_to_optimizer(self, optimizer=None):
+        """Add the extra modules' trainable parameters to ``optimizer`` (default: ``self.optimizer``) as one
+        param group, unless it already holds them."""
+        optimizer = self.optimizer if optimizer is None else optimizer
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        params = [p for p in self.trainable_extra_parameters() if p.requires_grad and id(p) not in held]
         if params:
-            # nnU-Net's PolyLRScheduler sets the learning rate of every param group, so this one follows it
-            self.optimizer.add_param_group({"params": params, "weight_decay": 0.0})
+            # nnU-Net's learning-rate schedulers set the rate of every param group, so this one follows them
+            optimizer.add_param_group({"params": params, "weight_decay": 0.0})
+
+    def configure_optimizers(self, *args, **kwargs):
+        # trainers that build a new optimiser during training (nnU-Net's warm-up and Primus trainers switch
+        # stages) keep training the extra modules
+        optimizer, lr_scheduler = super().configure_optimizers(*args, **kwargs)
+        if self._extra_modules:
+            self.add_extra_parameters_to_optimizer(optimizer)
+        return optimizer, lr_scheduler
 
     # ---------------------------------------------------------------- one optimiser step
     def autocast_context(self):
@@ -165,13 +194,13 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
             self.grad_scaler.scale(loss).backward()
             self._sync_extra_gradients(extra)
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(params, 12)
+            torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_norm)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
             self._sync_extra_gradients(extra)
-            torch.nn.utils.clip_grad_norm_(params, 12)
+            torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_norm)
             self.optimizer.step()
         self.global_step += 1
 
@@ -239,7 +268,7 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
             CHECKPOINT_KEY: {
                 "version": __version__,
                 "trainer_name": self.__class__.__name__,
-                "hyperparameters": self.method_hyperparameters(),
+                "hyperparameters": self.recorded_hyperparameters(),
                 "global_step": self.global_step,
                 "modules": {name: _cpu_state_dict(m) for name, m in self._extra_modules.items()},
             },
@@ -274,7 +303,10 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
                 f"checkpoint nnU-Net finds there (checkpoint_final.pth, checkpoint_latest.pth, checkpoint_best.pth), "
                 f"or starts afresh if there is none.") from None
         self._check_checkpoint_origin(checkpoint, filename_or_checkpoint)
-        super().load_checkpoint(filename_or_checkpoint)
+        # nnU-Net's warm-up and Primus trainers load with torch.load's default weights_only=True, which since torch
+        # 2.6 refuses nnU-Net's own checkpoints (numpy scalars in its log): allow exactly those types
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            super().load_checkpoint(filename_or_checkpoint)
         extra = checkpoint[CHECKPOINT_KEY]
         for name, module in self._extra_modules.items():
             if name not in extra["modules"]:

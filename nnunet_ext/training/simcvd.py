@@ -131,7 +131,8 @@ class nnUNetTrainerSimCVD(nnUNetTrainerExtBase):
         heads = SimCVDHeads(features.decoder_channels, self.label_manager.num_segmentation_heads - 1,
                             self.num_input_channels, spatial_dims, projection_hidden=self.projection_hidden,
                             projection_dim=self.projection_dim, projection_pool=self.projection_pool,
-                            projection_dropout=self.projection_dropout)
+                            projection_dropout=self.projection_dropout,
+                            sdm_upsample=features.decoder_upsample)
         self.register_extra_module("heads", heads)
         teacher = make_teacher(self.unwrapped_network)  # copied before the student is hooked
         disable_deep_supervision(teacher)  # only the full-resolution output is used

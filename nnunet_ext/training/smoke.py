@@ -7,11 +7,14 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ext.training.medcontext import nnUNetTrainerMedContext, nnUNetTrainerMedContext_halfBatch
+from nnunet_ext.training.primus import (nnUNetTrainerMedContext_Primus_S, nnUNetTrainerSimCVD_Primus_S,
+                                        nnUNetTrainerVolumeFusion_Primus_S)
 from nnunet_ext.training.simcvd import nnUNetTrainerSimCVD
 from nnunet_ext.training.volume_fusion import nnUNetTrainerVolumeFusion
 
 __all__ = ["nnUNetTrainer_smoke", "nnUNetTrainerMedContext_smoke", "nnUNetTrainerMedContext_halfBatch_smoke",
-           "nnUNetTrainerSimCVD_smoke", "nnUNetTrainerVolumeFusion_smoke"]
+           "nnUNetTrainerSimCVD_smoke", "nnUNetTrainerVolumeFusion_smoke", "nnUNetTrainerMedContext_Primus_S_smoke",
+           "nnUNetTrainerSimCVD_Primus_S_smoke", "nnUNetTrainerVolumeFusion_Primus_S_smoke"]
 
 
 class SmokeBudget:
@@ -43,4 +46,16 @@ class nnUNetTrainerSimCVD_smoke(SmokeBudget, nnUNetTrainerSimCVD):
 
 
 class nnUNetTrainerVolumeFusion_smoke(SmokeBudget, nnUNetTrainerVolumeFusion):
+    pass
+
+
+class nnUNetTrainerMedContext_Primus_S_smoke(SmokeBudget, nnUNetTrainerMedContext_Primus_S):
+    pass
+
+
+class nnUNetTrainerSimCVD_Primus_S_smoke(SmokeBudget, nnUNetTrainerSimCVD_Primus_S):
+    pass
+
+
+class nnUNetTrainerVolumeFusion_Primus_S_smoke(SmokeBudget, nnUNetTrainerVolumeFusion_Primus_S):
     pass

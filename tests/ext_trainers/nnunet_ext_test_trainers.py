@@ -8,7 +8,8 @@ import signal
 
 import torch
 
-from nnunet_ext.training.smoke import nnUNetTrainerMedContext_smoke, nnUNetTrainerSimCVD_smoke
+from nnunet_ext.training.smoke import (nnUNetTrainerMedContext_smoke, nnUNetTrainerSimCVD_smoke,
+                                      nnUNetTrainerVolumeFusion_smoke)
 
 
 class KilledAfterEpoch1:
@@ -29,4 +30,8 @@ class nnUNetTrainerMedContext_killedAfterEpoch1(KilledAfterEpoch1, nnUNetTrainer
 
 
 class nnUNetTrainerSimCVD_killedAfterEpoch1(KilledAfterEpoch1, nnUNetTrainerSimCVD_smoke):
+    pass
+
+
+class nnUNetTrainerVolumeFusion_killedAfterEpoch1(KilledAfterEpoch1, nnUNetTrainerVolumeFusion_smoke):
     pass
