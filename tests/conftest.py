@@ -71,9 +71,13 @@ RESENC_PLANS = "nnUNetResEncUNetMPlans"
 
 @pytest.fixture(scope="session")
 def resenc_planned_dataset(tiny_planned_dataset):
-    """Dataset 501 also planned with nnUNetPlannerResEncM (plans ``nnUNetResEncUNetMPlans``), with 3d_tiny added.
-    The ResEnc planners reuse nnUNetPlans_3d_fullres data, so planning alone is enough."""
-    ds = tiny_planned_dataset
+    """Dataset 501 also planned with nnUNetPlannerResEncM (plans ``nnUNetResEncUNetMPlans``), with 3d_tiny added."""
+    return add_resenc_plans(tiny_planned_dataset)
+
+
+def add_resenc_plans(ds):
+    """Plan ``ds`` with nnUNetPlannerResEncM and add 3d_tiny; the ResEnc planners reuse nnUNetPlans_3d_fullres
+    data (and so its unlabeled folder), so planning alone is enough."""
     env = nnunet_env(ds)
     run_command(["nnUNetv2_plan_experiment", "-d", ds["dataset_id"], "-pl", "nnUNetPlannerResEncM"], env)
     run_command(["nnUNetv2_ext_add_preset", "-d", ds["dataset_id"], "-preset", "3d_tiny", "-p", RESENC_PLANS], env)
@@ -143,3 +147,9 @@ def make_trainer(ds, cls, configuration="3d_tiny", plans_name="nnUNetPlans", fol
     return cls(plans=plans, configuration=configuration, fold=fold,
                dataset_json=dataset_json or load_json(os.path.join(folder, "dataset.json")),
                device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def resenc_semi_dataset(tiny_semi_dataset):
+    """Dataset 502 (with its unlabeled pool and few-label split) also planned with nnUNetPlannerResEncM."""
+    return add_resenc_plans(tiny_semi_dataset)

@@ -251,17 +251,17 @@ def test_pretraining_on_residual_encoder_unet_fine_tunes_through_nnunets_loader(
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from conftest import RESENC_PLANS
-    from nnunet_ext.training.volume_fusion import nnUNetTrainerVolumeFusion
 
-    monkeypatch.setenv("nnUNet_results", str(tmp_path))
     ds = resenc_planned_dataset
-    trainer = make_trainer(ds, short_budget(nnUNetTrainerVolumeFusion), CONFIG, RESENC_PLANS, fold="all",
-                           monkeypatch=monkeypatch)
-    assert trainer.configuration_manager.network_arch_class_name.endswith("ResidualEncoderUNet")
-    trainer.run_training()
-    checkpoint = os.path.join(trainer.output_folder, "checkpoint_final.pth")
+    name = "nnUNetTrainerVolumeFusion_smoke"
+    run_command(["nnUNetv2_train", ds["dataset_id"], CONFIG, "all", "-p", RESENC_PLANS, "-tr", name, "-device", "cpu"],
+                nnunet_env(ds, training=True))
+    checkpoint = os.path.join(ds["results"], ds["dataset_name"], f"{name}__{RESENC_PLANS}__{CONFIG}", "fold_all",
+                              "checkpoint_final.pth")
     weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    assert any(".stages.0.blocks." in k for k in weights)  # residual encoder blocks
     assert _output_channels(weights) == 5
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
     target = make_trainer(ds, nnUNetTrainer, CONFIG, RESENC_PLANS, monkeypatch=monkeypatch)
     target.initialize()
     load_pretrained_weights(target.network, checkpoint)  # what nnUNetv2_train -pretrained_weights calls

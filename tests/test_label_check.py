@@ -1,5 +1,4 @@
 """Labels outside dataset.json: caught in the data-loading pipeline with the commands that find and fix them."""
-import copy
 import os
 
 import pytest

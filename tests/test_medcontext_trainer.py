@@ -1,4 +1,4 @@
-"""MedContext trainer in process: every variant, deep supervision on/off, 2-D, ResidualEncoderUNet, bad input."""
+"""MedContext trainer in process: every variant, deep supervision on/off, 2-D, bad input."""
 import os
 
 import numpy as np
@@ -9,7 +9,6 @@ from conftest import make_trainer as _trainer, nnunet_env, run_command, short_bu
 from nnunet_ext.errors import UserInputError
 from nnunet_ext.training import medcontext
 
-RESENC_PLANS = "nnUNetResEncUNetMPlans"
 
 
 def _train_and_check(trainer):
@@ -42,13 +41,6 @@ def test_deep_supervision_off(tiny_planned_dataset, monkeypatch):
     cls = _budget(medcontext.nnUNetTrainerMedContext, enable_deep_supervision=False)
     trainer = _trainer(tiny_planned_dataset, cls, "3d_tiny", monkeypatch=monkeypatch)
     trainer.enable_deep_supervision = False
-    _train_and_check(trainer)
-
-
-def test_residual_encoder_unet(resenc_planned_dataset, monkeypatch):
-    trainer = _trainer(resenc_planned_dataset, _budget(medcontext.nnUNetTrainerMedContext), "3d_tiny", RESENC_PLANS,
-                       monkeypatch=monkeypatch)
-    assert trainer.configuration_manager.network_arch_class_name.endswith("ResidualEncoderUNet")
     _train_and_check(trainer)
 
 

@@ -74,19 +74,18 @@ def test_simcvd_on_primus_trains_reads_features_and_loads_strictly(tiny_semi_dat
 
 
 def test_volume_fusion_on_primus_pretrains_with_k_plus_one_outputs(tiny_planned_dataset, monkeypatch, tmp_path):
-    monkeypatch.setenv("nnUNet_results", str(tmp_path))
-    trainer = make_trainer(tiny_planned_dataset, short_budget(_primus_classes().nnUNetTrainerVolumeFusion_Primus_S),
-                           CONFIG, fold="all", monkeypatch=monkeypatch)
-    trainer.run_training()
-    weights = torch.load(os.path.join(trainer.output_folder, "checkpoint_final.pth"), map_location="cpu",
-                         weights_only=False)["network_weights"]
+    ds = tiny_planned_dataset
+    name = "nnUNetTrainerVolumeFusion_Primus_S_smoke"
+    run_command(["nnUNetv2_train", ds["dataset_id"], CONFIG, "all", "-tr", name, "-device", "cpu"],
+                nnunet_env(ds, training=True), timeout=900)
+    pretrained = os.path.join(ds["results"], ds["dataset_name"], f"{name}__nnUNetPlans__{CONFIG}", "fold_all",
+                              "checkpoint_final.pth")
+    weights = torch.load(pretrained, map_location="cpu", weights_only=False)["network_weights"]
     final = sorted(k for k in weights if k.startswith("up_projection.decode.") and k.endswith(".weight"))[-1]
     assert weights[final].shape[1] == 5  # ConvTranspose3d weight: (in, out, ...); K + 1 fusion classes
 
     # fine-tuning with nnU-Net's Primus trainer: its loader skips only '.seg_layers.', so the checkpoint needs a
     # fresh output layer first; the check says so and writes it
-    ds = tiny_planned_dataset
-    pretrained = os.path.join(trainer.output_folder, "checkpoint_final.pth")
     env = nnunet_env(ds)
     args = ["nnUNetv2_ext_check_pretrained", "-d", ds["dataset_id"], "-c", CONFIG, "-tr", "nnUNet_Primus_S_Trainer",
             "-pretrained_weights", pretrained]
@@ -99,6 +98,7 @@ def test_volume_fusion_on_primus_pretrains_with_k_plus_one_outputs(tiny_planned_
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
     from nnunetv2.training.nnUNetTrainer.primus.primus_trainers import nnUNet_Primus_S_Trainer
 
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
     target = make_trainer(ds, nnUNet_Primus_S_Trainer, CONFIG, monkeypatch=monkeypatch)
     target.initialize()
     load_pretrained_weights(target.network, adapted)  # what nnUNetv2_train -pretrained_weights calls
@@ -108,16 +108,17 @@ def test_volume_fusion_on_primus_pretrains_with_k_plus_one_outputs(tiny_planned_
     assert loaded["up_projection.decode.2.weight"].shape[1] == target.label_manager.num_segmentation_heads
 
 
-def test_medcontext_on_primus_trains_and_stock_predict_runs(tiny_planned_dataset):
-    ds = tiny_planned_dataset
-    name = "nnUNetTrainerMedContext_Primus_S_smoke"
+@pytest.mark.parametrize("name, dataset_fixture", [("nnUNetTrainerMedContext_Primus_S_smoke", "tiny_planned_dataset"),
+                                                   ("nnUNetTrainerSimCVD_Primus_S_smoke", "tiny_semi_dataset")])
+def test_trains_and_stock_predict_runs(name, dataset_fixture, request):
+    ds = request.getfixturevalue(dataset_fixture)
     run_command(["nnUNetv2_train", ds["dataset_id"], CONFIG, 0, "-tr", name, "-device", "cpu"],
                 nnunet_env(ds, training=True), timeout=900)
     folder = os.path.join(ds["results"], ds["dataset_name"], f"{name}__nnUNetPlans__{CONFIG}", "fold_0")
     checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert any(k.startswith("eva.") for k in checkpoint["network_weights"])
     assert checkpoint["nnunet_ext"]["global_step"] == 8
-    out = os.path.join(ds["results"], "predictions_primus")
+    out = os.path.join(ds["results"], f"predictions_primus_{name}")
     run_command(["nnUNetv2_predict", "-i", os.path.join(ds["raw"], ds["dataset_name"], "imagesTs"), "-o", out,
                  "-d", ds["dataset_id"], "-c", CONFIG, "-f", 0, "-tr", name, "-device", "cpu", "-npp", 1,
                  "-nps", 1, "--disable_tta"], nnunet_env(ds))

@@ -1,4 +1,4 @@
-"""SimCVD trainer in process: variants, deep supervision off, 2-D, ResidualEncoderUNet, batches, gradients,
+"""SimCVD trainer in process: variants, deep supervision off, 2-D, batches, gradients,
 concatenated vs separate student passes, autocast, and refused configurations."""
 import os
 
@@ -11,7 +11,6 @@ from nnunet_ext.errors import UserInputError
 from nnunet_ext.sdm import multiclass_sdm
 from nnunet_ext.training import simcvd
 
-RESENC_PLANS = "nnUNetResEncUNetMPlans"
 
 
 def _train_and_check(trainer):
@@ -174,23 +173,6 @@ def test_train_step_under_autocast(tiny_semi_dataset, monkeypatch):
     result = trainer.train_step(_synthetic_batch(trainer, torch.Generator().manual_seed(0)))
     assert all(np.isfinite(result[key]) for key in ("loss", "seg", "sdm", "contrast", "pairwise", "consistency"))
     assert trainer.heads.sdm.conv.weight.grad is not None
-
-
-@pytest.fixture(scope="module")
-def resenc_semi(tiny_semi_dataset):
-    ds = tiny_semi_dataset
-    env = nnunet_env(ds)
-    # the ResEnc planner reuses nnUNetPlans_3d_fullres data (and so its unlabeled folder)
-    run_command(["nnUNetv2_plan_experiment", "-d", ds["dataset_id"], "-pl", "nnUNetPlannerResEncM"], env)
-    run_command(["nnUNetv2_ext_add_preset", "-d", ds["dataset_id"], "-preset", "3d_tiny", "-p", RESENC_PLANS], env)
-    return ds
-
-
-def test_residual_encoder_unet(resenc_semi, monkeypatch):
-    trainer = _trainer(resenc_semi, _budget(simcvd.nnUNetTrainerSimCVD), plans_name=RESENC_PLANS,
-                       monkeypatch=monkeypatch)
-    assert trainer.configuration_manager.network_arch_class_name.endswith("ResidualEncoderUNet")
-    _train_and_check(trainer)
 
 
 @pytest.fixture(scope="module")

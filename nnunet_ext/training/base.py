@@ -7,6 +7,7 @@ keeps nnU-Net's format so stock ``nnUNetv2_predict`` and ``-pretrained_weights``
 """
 import os
 import pydoc
+import random
 from typing import Dict, List
 
 import numpy as np
@@ -32,10 +33,27 @@ CHECKPOINT_KEY = "nnunet_ext"
 
 
 def _numpy_scalar_globals() -> list:
-    """The numpy types that nnU-Net's checkpoints pickle (scalars in its log), for ``torch.serialization``."""
+    """The numpy types our checkpoints pickle (scalars in nnU-Net's log, numpy's random state), for
+    ``torch.serialization.safe_globals``."""
     core = getattr(np, "_core", None) or np.core
-    dtypes = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.bool_)
-    return [core.multiarray.scalar, np.dtype, *(type(np.dtype(t)) for t in dtypes)]
+    dtypes = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint32,
+              np.bool_)
+    return [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype,
+            *(type(np.dtype(t)) for t in dtypes)]
+
+
+def _rng_state() -> dict:
+    """The random streams nnU-Net's in-process sampling, augmentation and our methods draw from."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def disable_deep_supervision(module: nn.Module) -> None:
@@ -85,6 +103,7 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
             self.enable_deep_supervision = False
         self.global_step = 0
         self.restored_from_checkpoint = False
+        self._pending_rng_state = None
         self._extra_modules: Dict[str, nn.Module] = {}
         for key in self.extra_log_keys:
             # nnU-Net's logger only accepts registered keys; they go into its checkpoint with the rest
@@ -234,6 +253,14 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
                 value = float(np.mean(values))
             self.logger.log(key, value, self.current_epoch)
 
+    def on_train_epoch_start(self):
+        # a resumed run continues the random streams where the checkpoint left them: with nnUNet_n_proc_DA=0 (all
+        # sampling and augmentation in this process) it then ends exactly as the uninterrupted run would have
+        if self._pending_rng_state is not None:
+            _set_rng_state(self._pending_rng_state)
+            self._pending_rng_state = None
+        super().on_train_epoch_start()
+
     def on_epoch_end(self):
         if self.extra_log_keys:
             self.print_to_log_file(", ".join(
@@ -271,6 +298,7 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
                 "hyperparameters": self.recorded_hyperparameters(),
                 "global_step": self.global_step,
                 "modules": {name: _cpu_state_dict(m) for name, m in self._extra_modules.items()},
+                "rng_state": _rng_state(),
             },
         }
         tmp = filename + ".tmp"
@@ -289,6 +317,8 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not isinstance(filename_or_checkpoint, str):
             raise TypeError("nnunet-ext trainers load checkpoints from a file path")
+        if not os.path.isfile(filename_or_checkpoint):
+            raise UserInputError(f"Checkpoint {filename_or_checkpoint} does not exist.")
         if not self.was_initialized:
             self.initialize()
         # mmap: only the few extra tensors are read here; nnU-Net's own loader reads the rest (2.8.1 cannot
@@ -314,6 +344,7 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
                                      f"written by a different version or variant of {self.__class__.__name__}.")
             unwrap_module(module).load_state_dict(extra["modules"][name])
         self.global_step = int(extra["global_step"])
+        self._pending_rng_state = extra.get("rng_state")
         self.restored_from_checkpoint = True
         self.print_to_log_file(f"Restored {sorted(self._extra_modules)} and global step {self.global_step} "
                                f"from {filename_or_checkpoint}")
