@@ -267,3 +267,33 @@ def test_pretraining_on_residual_encoder_unet_fine_tunes_through_nnunets_loader(
     load_pretrained_weights(target.network, checkpoint)  # what nnUNetv2_train -pretrained_weights calls
     loaded = target.network.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in weights.items() if ".seg_layers." not in k)
+
+
+def test_gpu_checkpoint_on_a_cpu_only_machine(pretrained, tmp_path, monkeypatch):
+    """A checkpoint whose tensors are tagged 'cuda:0', as torch.save writes them on a GPU (simulated by torch's
+    own location tag): nnU-Net cannot read it here; the check names the device and writes a CPU copy that nnU-Net's
+    loader then reads."""
+    import torch.serialization as serialization
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+    from nnunet_ext.training.smoke import nnUNetTrainer_smoke
+
+    ds = pretrained
+    source = os.path.join(_folder(ds, "nnUNetTrainerVolumeFusion_smoke", "all"), "checkpoint_final.pth")
+    gpu_file, cpu_copy = str(tmp_path / "from_gpu.pth"), str(tmp_path / "from_gpu_cpu.pth")
+    checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(checkpoint, gpu_file)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(gpu_file, weights_only=False)  # what nnU-Net's loader does
+    args = ["nnUNetv2_ext_check_pretrained", "-d", ds["dataset_id"], "-c", CONFIG, "-pretrained_weights", gpu_file]
+    refused = run_command(args, nnunet_env(ds), check=False)
+    assert refused.returncode == 2 and "were saved on ['cuda:0'], and this machine has no GPU" in refused.stderr
+    assert f"-o {str(tmp_path / 'from_gpu')}_cpu.pth" in refused.stderr
+    run_command(args + ["-o", cpu_copy], nnunet_env(ds))
+    target = make_trainer(ds, nnUNetTrainer_smoke, CONFIG, fold=0, monkeypatch=monkeypatch)
+    target.initialize()
+    load_pretrained_weights(target.network, cpu_copy)
+    loaded = target.network.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in checkpoint["network_weights"].items() if ".seg_layers." not in k)
