@@ -301,9 +301,11 @@ def main(argv=None):
                 raise UserInputError(f"Trainer {args.trainer} not found by nnU-Net. For nnunet-ext's trainers run "
                                      f"eval \"$(nnUNetv2_ext_env)\" first.") from None
         torch.manual_seed(0)  # a fresh output layer is reproducible
+        # without deep supervision: the same weights (U-Nets keep every seg layer), and architectures without it
+        # (nnunet_ext.architectures.SwinUNETR) refuse True
         network = trainer_class.build_network_architecture(plans_manager, configuration, num_inputs,
                                                            label_manager.num_segmentation_heads,
-                                                           enable_deep_supervision=True)
+                                                           enable_deep_supervision=False)
         checked = args.cpu_copy or args.pretrained_weights
         if args.reinit_output:
             replaced = reinitialise_output_layer(network, checked, args.reinit_output)

@@ -50,23 +50,42 @@ def test_trains_and_stock_predict_runs(swin_plans, trainer_name):
     assert len(glob.glob(os.path.join(out, "*.nii.gz"))) == 2
 
 
-@pytest.mark.parametrize("name", ["nnUNetTrainerVolumeFusion", "nnUNetTrainerNoDeepSupervision"])
-def test_other_trainers_train_without_deep_supervision(swin_plans, monkeypatch, name):
+def test_plain_nnunet_without_deep_supervision_trains(swin_plans, monkeypatch):
     from nnunetv2.training.nnUNetTrainer.variants.network_architecture.nnUNetTrainerNoDeepSupervision import \
         nnUNetTrainerNoDeepSupervision
-    from nnunet_ext.training.volume_fusion import nnUNetTrainerVolumeFusion
 
-    cls = {"nnUNetTrainerVolumeFusion": nnUNetTrainerVolumeFusion,
-           "nnUNetTrainerNoDeepSupervision": nnUNetTrainerNoDeepSupervision}[name]
-    trainer = make_trainer(swin_plans, short_budget(cls), CONFIG, fold="all" if "Fusion" in name else 0,
-                           monkeypatch=monkeypatch)
+    trainer = make_trainer(swin_plans, short_budget(nnUNetTrainerNoDeepSupervision), CONFIG, monkeypatch=monkeypatch)
     assert trainer.enable_deep_supervision is False
     trainer.run_training()
     assert np.isfinite(trainer.logger.get_value("train_losses", step=-1))
-    checkpoint_file = os.path.join(trainer.output_folder, "checkpoint_final.pth")
-    if name == "nnUNetTrainerVolumeFusion":
-        weights = torch.load(checkpoint_file, map_location="cpu", weights_only=False)["network_weights"]
-        assert weights["swin_unetr.out.conv.conv.weight"].shape[0] == 5  # K + 1 fusion classes
+
+
+def test_volume_fusion_pretrains_and_fine_tunes_after_reinit_output(swin_plans, monkeypatch, tmp_path):
+    """Pretraining through nnUNetv2_train; SwinUNETR's output layer ('swin_unetr.out') is not one nnU-Net's loader
+    skips, so the check asks for --reinit-output, and the copy then loads through nnU-Net's loader."""
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    from nnunetv2.training.nnUNetTrainer.variants.network_architecture.nnUNetTrainerNoDeepSupervision import \
+        nnUNetTrainerNoDeepSupervision
+
+    ds = swin_plans
+    name = "nnUNetTrainerVolumeFusion_smoke"
+    run_command(["nnUNetv2_train", ds["dataset_id"], CONFIG, "all", "-tr", name, "-device", "cpu"],
+                nnunet_env(ds, training=True), timeout=900)
+    pretrained = os.path.join(ds["results"], ds["dataset_name"], f"{name}__nnUNetPlans__{CONFIG}", "fold_all",
+                              "checkpoint_final.pth")
+    weights = torch.load(pretrained, map_location="cpu", weights_only=False)["network_weights"]
+    assert weights["swin_unetr.out.conv.conv.weight"].shape[0] == 5  # K + 1 fusion classes
+    args = ["nnUNetv2_ext_check_pretrained", "-d", ds["dataset_id"], "-c", CONFIG, "-tr",
+            "nnUNetTrainerNoDeepSupervision", "-pretrained_weights", pretrained]
+    refused = run_command(args, nnunet_env(ds), check=False)
+    assert refused.returncode == 2 and "only in the output layer" in refused.stderr
+    adapted = str(tmp_path / "swin_finetune.pth")
+    run_command(args + ["--reinit-output", adapted], nnunet_env(ds))
+    target = make_trainer(ds, nnUNetTrainerNoDeepSupervision, CONFIG, monkeypatch=monkeypatch)
+    target.initialize()
+    load_pretrained_weights(target.network, adapted)  # what nnUNetv2_train -pretrained_weights calls
+    loaded = target.network.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in weights.items() if not k.startswith("swin_unetr.out."))
 
 
 def test_plain_trainer_with_deep_supervision_gets_advice(swin_plans, monkeypatch):
