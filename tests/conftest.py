@@ -153,3 +153,30 @@ def make_trainer(ds, cls, configuration="3d_tiny", plans_name="nnUNetPlans", fol
 def resenc_semi_dataset(tiny_semi_dataset):
     """Dataset 502 (with its unlabeled pool and few-label split) also planned with nnUNetPlannerResEncM."""
     return add_resenc_plans(tiny_semi_dataset)
+
+
+def pretrain_volume_fusion(ds, configuration, trainer_name, plans="nnUNetPlans"):
+    """Volume Fusion pretraining through ``nnUNetv2_train ... all``; returns (checkpoint path, network weights)."""
+    import torch
+
+    run_command(["nnUNetv2_train", ds["dataset_id"], configuration, "all", "-p", plans, "-tr", trainer_name,
+                 "-device", "cpu"], nnunet_env(ds, training=True), timeout=900)
+    path = os.path.join(ds["results"], ds["dataset_name"], f"{trainer_name}__{plans}__{configuration}", "fold_all",
+                        "checkpoint_final.pth")
+    return path, torch.load(path, map_location="cpu", weights_only=False)["network_weights"]
+
+
+def reinit_output_and_load(ds, configuration, target_class, pretrained, adapted, monkeypatch):
+    """``nnUNetv2_ext_check_pretrained -tr <target>`` on ``pretrained`` (expected to refuse it), then with
+    ``--reinit-output adapted``, then nnU-Net's ``load_pretrained_weights`` into the target trainer's network.
+    Returns (the refused command's result, the accepted command's result, the target trainer)."""
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+    args = ["nnUNetv2_ext_check_pretrained", "-d", ds["dataset_id"], "-c", configuration, "-tr",
+            target_class.__name__, "-pretrained_weights", pretrained]
+    refused = run_command(args, nnunet_env(ds), check=False)
+    accepted = run_command(args + ["--reinit-output", adapted], nnunet_env(ds))
+    target = make_trainer(ds, target_class, configuration, monkeypatch=monkeypatch)
+    target.initialize()
+    load_pretrained_weights(target.network, adapted)  # what nnUNetv2_train -pretrained_weights calls
+    return refused, accepted, target

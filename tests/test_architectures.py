@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_trainer, nnunet_env, run_command, short_budget
+from conftest import (make_trainer, nnunet_env, pretrain_volume_fusion, reinit_output_and_load, run_command,
+                      short_budget)
 
 CONFIG = "3d_swin"
 SWIN = {"network_class_name": "nnunet_ext.architectures.SwinUNETR",
@@ -63,28 +64,16 @@ def test_plain_nnunet_without_deep_supervision_trains(swin_plans, monkeypatch):
 def test_volume_fusion_pretrains_and_fine_tunes_after_reinit_output(swin_plans, monkeypatch, tmp_path):
     """Pretraining through nnUNetv2_train; SwinUNETR's output layer ('swin_unetr.out') is not one nnU-Net's loader
     skips, so the check asks for --reinit-output, and the copy then loads through nnU-Net's loader."""
-    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
     from nnunetv2.training.nnUNetTrainer.variants.network_architecture.nnUNetTrainerNoDeepSupervision import \
         nnUNetTrainerNoDeepSupervision
 
     ds = swin_plans
-    name = "nnUNetTrainerVolumeFusion_smoke"
-    run_command(["nnUNetv2_train", ds["dataset_id"], CONFIG, "all", "-tr", name, "-device", "cpu"],
-                nnunet_env(ds, training=True), timeout=900)
-    pretrained = os.path.join(ds["results"], ds["dataset_name"], f"{name}__nnUNetPlans__{CONFIG}", "fold_all",
-                              "checkpoint_final.pth")
-    weights = torch.load(pretrained, map_location="cpu", weights_only=False)["network_weights"]
+    pretrained, weights = pretrain_volume_fusion(ds, CONFIG, "nnUNetTrainerVolumeFusion_smoke")
     assert weights["swin_unetr.out.conv.conv.weight"].shape[0] == 5  # K + 1 fusion classes
-    args = ["nnUNetv2_ext_check_pretrained", "-d", ds["dataset_id"], "-c", CONFIG, "-tr",
-            "nnUNetTrainerNoDeepSupervision", "-pretrained_weights", pretrained]
-    refused = run_command(args, nnunet_env(ds), check=False)
-    assert refused.returncode == 2 and "only in the output layer" in refused.stderr
-    adapted = str(tmp_path / "swin_finetune.pth")
-    run_command(args + ["--reinit-output", adapted], nnunet_env(ds))
-    target = make_trainer(ds, nnUNetTrainerNoDeepSupervision, CONFIG, monkeypatch=monkeypatch)
-    target.initialize()
-    load_pretrained_weights(target.network, adapted)  # what nnUNetv2_train -pretrained_weights calls
+    refused, _, target = reinit_output_and_load(ds, CONFIG, nnUNetTrainerNoDeepSupervision, pretrained,
+                                                str(tmp_path / "swin_finetune.pth"), monkeypatch)
     loaded = target.network.state_dict()
+    assert refused.returncode == 2 and "only in the output layer" in refused.stderr
     assert all(torch.equal(loaded[k], v) for k, v in weights.items() if not k.startswith("swin_unetr.out."))
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_trainer, nnunet_env, run_command, short_budget
+from conftest import (make_trainer, nnunet_env, pretrain_volume_fusion, reinit_output_and_load, run_command,
+                      short_budget)
 
 CONFIG = "3d_tiny"  # patch 16x32x32: divisible by Primus' 8x8x8 patch embedding
 
@@ -74,34 +75,20 @@ def test_simcvd_on_primus_trains_reads_features_and_loads_strictly(tiny_semi_dat
 
 
 def test_volume_fusion_on_primus_pretrains_with_k_plus_one_outputs(tiny_planned_dataset, monkeypatch, tmp_path):
+    from nnunetv2.training.nnUNetTrainer.primus.primus_trainers import nnUNet_Primus_S_Trainer
+
     ds = tiny_planned_dataset
-    name = "nnUNetTrainerVolumeFusion_Primus_S_smoke"
-    run_command(["nnUNetv2_train", ds["dataset_id"], CONFIG, "all", "-tr", name, "-device", "cpu"],
-                nnunet_env(ds, training=True), timeout=900)
-    pretrained = os.path.join(ds["results"], ds["dataset_name"], f"{name}__nnUNetPlans__{CONFIG}", "fold_all",
-                              "checkpoint_final.pth")
-    weights = torch.load(pretrained, map_location="cpu", weights_only=False)["network_weights"]
+    pretrained, weights = pretrain_volume_fusion(ds, CONFIG, "nnUNetTrainerVolumeFusion_Primus_S_smoke")
     final = sorted(k for k in weights if k.startswith("up_projection.decode.") and k.endswith(".weight"))[-1]
     assert weights[final].shape[1] == 5  # ConvTranspose3d weight: (in, out, ...); K + 1 fusion classes
 
     # fine-tuning with nnU-Net's Primus trainer: its loader skips only '.seg_layers.', so the checkpoint needs a
     # fresh output layer first; the check says so and writes it
-    env = nnunet_env(ds)
-    args = ["nnUNetv2_ext_check_pretrained", "-d", ds["dataset_id"], "-c", CONFIG, "-tr", "nnUNet_Primus_S_Trainer",
-            "-pretrained_weights", pretrained]
-    refused = run_command(args, env, check=False)
+    refused, accepted, target = reinit_output_and_load(ds, CONFIG, nnUNet_Primus_S_Trainer, pretrained,
+                                                       str(tmp_path / "vf_finetune.pth"), monkeypatch)
     assert refused.returncode == 2 and "only in the output layer" in refused.stderr
     assert "--reinit-output" in refused.stderr and "up_projection.decode.2.weight" in refused.stderr
-    adapted = str(tmp_path / "vf_finetune.pth")
-    result = run_command(args + ["--reinit-output", adapted], env)
-    assert "OK:" in result.stdout
-    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
-    from nnunetv2.training.nnUNetTrainer.primus.primus_trainers import nnUNet_Primus_S_Trainer
-
-    monkeypatch.setenv("nnUNet_results", str(tmp_path))
-    target = make_trainer(ds, nnUNet_Primus_S_Trainer, CONFIG, monkeypatch=monkeypatch)
-    target.initialize()
-    load_pretrained_weights(target.network, adapted)  # what nnUNetv2_train -pretrained_weights calls
+    assert "OK:" in accepted.stdout
     loaded = target.network.state_dict()
     transferred = [k for k in weights if not k.startswith("up_projection.decode.2.")]
     assert all(torch.equal(loaded[k], weights[k]) for k in transferred)
