@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import TEST_TRAINERS, make_trainer, nnunet_env, run_command, short_budget
+from conftest import TEST_TRAINERS, make_trainer, nnunet_env, pretrain_volume_fusion, run_command, short_budget
 
 CONFIG = "3d_tiny"
 EXTRA_ID, EXTRA_NAME = 503, "Dataset503_PhantomExtra"
@@ -253,12 +253,7 @@ def test_pretraining_on_residual_encoder_unet_fine_tunes_through_nnunets_loader(
     from conftest import RESENC_PLANS
 
     ds = resenc_planned_dataset
-    name = "nnUNetTrainerVolumeFusion_smoke"
-    run_command(["nnUNetv2_train", ds["dataset_id"], CONFIG, "all", "-p", RESENC_PLANS, "-tr", name, "-device", "cpu"],
-                nnunet_env(ds, training=True))
-    checkpoint = os.path.join(ds["results"], ds["dataset_name"], f"{name}__{RESENC_PLANS}__{CONFIG}", "fold_all",
-                              "checkpoint_final.pth")
-    weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    checkpoint, weights = pretrain_volume_fusion(ds, CONFIG, "nnUNetTrainerVolumeFusion_smoke", RESENC_PLANS)
     assert any(".stages.0.blocks." in k for k in weights)  # residual encoder blocks
     assert _output_channels(weights) == 5
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
