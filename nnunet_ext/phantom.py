@@ -33,6 +33,7 @@ from scipy import ndimage
 from nnunet_ext.errors import UserInputError
 
 __all__ = [
+    "DIFFICULTIES",
     "ORGANS",
     "PHANTOM_VERSION",
     "generate_case",
@@ -55,6 +56,50 @@ ORGANS: Dict[int, str] = {
 
 #: Bumped whenever the generator's output changes, so that stale datasets are not silently reused.
 PHANTOM_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """How hard a phantom is to segment: scan quality and how much anatomy varies between patients.
+
+    Attributes:
+        noise_hu: range of the white noise SD in HU (per case).
+        correlated_noise_hu: range of the SD of the spatially correlated noise in HU.
+        contrast: range of the contrast-phase factor scaling each tissue's enhancement (bolus timing).
+        tissue_jitter_hu: SD of the per-case, per-tissue intensity offset in HU.
+        bias: range of the multiplicative bias-field amplitude.
+        organ_scale: range of the per-patient organ size factor.
+        position_sd: factor on the SD of every organ position.
+        deform: factor on every organ's boundary deformation.
+        fat_gap: factor on the fat planes kept between neighbouring structures (smaller: organs abut).
+    """
+
+    noise_hu: Tuple[float, float] = (10.0, 20.0)
+    correlated_noise_hu: Tuple[float, float] = (3.0, 8.0)
+    contrast: Tuple[float, float] = (0.75, 1.2)
+    tissue_jitter_hu: float = 6.0
+    bias: Tuple[float, float] = (0.01, 0.03)
+    organ_scale: Tuple[float, float] = (0.9, 1.1)
+    position_sd: float = 1.0
+    deform: float = 1.0
+    fat_gap: float = 1.0
+
+
+#: Named difficulties. ``standard`` is version 1's phantom, unchanged. ``hard`` is a low-dose scan at a
+#: variable contrast phase (from almost unenhanced to portal-venous) of patients whose organs vary more in
+#: size, place and shape and abut each other with thin fat planes, as in lean patients.
+DIFFICULTIES: Dict[str, Difficulty] = {
+    "standard": Difficulty(),
+    "hard": Difficulty(noise_hu=(30.0, 50.0), correlated_noise_hu=(6.0, 14.0), contrast=(0.3, 1.0),
+                       tissue_jitter_hu=10.0, bias=(0.03, 0.08), organ_scale=(0.8, 1.2), position_sd=1.6,
+                       deform=1.8, fat_gap=0.35),
+}
+
+
+def _difficulty(name: str) -> Difficulty:
+    if name not in DIFFICULTIES:
+        raise PhantomConfigError(f"Unknown phantom difficulty '{name}'; choose one of {sorted(DIFFICULTIES)}.")
+    return DIFFICULTIES[name]
 
 _DEFAULT_SHAPE = (40, 80, 80)
 _DEFAULT_SPACING = (2.5, 0.8, 0.8)
@@ -167,13 +212,19 @@ def _coef(rng: np.random.Generator, n=(4, 4, 4)) -> np.ndarray:
     return rng.standard_normal(n).astype(np.float32)
 
 
-def _sample_anatomy(rng: np.random.Generator) -> dict:
+def _sample_anatomy(rng: np.random.Generator, d: Difficulty = DIFFICULTIES["standard"]) -> dict:
     """Draw one patient's anatomy: body outline, layers and organ blobs.
 
     All draws happen here, in a fixed order and independent of the grid, so the anatomy of case
-    ``(seed, index)`` is the same at every resolution.
+    ``(seed, index)`` is the same at every resolution. The difficulty scales the spreads, never the
+    sequence of draws, so a case's patient is the same one, more or less typical, at every difficulty.
     """
-    a = {}
+    ps, df = d.position_sd, d.deform
+
+    def _pos(value, sd):  # an organ's pose (place and angle): spread scaled by the difficulty
+        return _jit(rng, value, sd * ps)
+
+    a = {"fat_gap": d.fat_gap}
     zs = rng.uniform(-0.15, 0.15)  # where the field of view sits along the patient's z axis
     a["z_shift"] = zs
     a["body"] = dict(
@@ -189,41 +240,42 @@ def _sample_anatomy(rng: np.random.Generator) -> dict:
                      twist=rng.uniform(2.0, 3.5), z0=rng.uniform(-0.3, 0.0) + zs)
     a["psoas"] = dict(r=rng.uniform(0.05, 0.07), z0=rng.uniform(0.0, 0.3) + zs)
 
-    sc = rng.uniform(0.9, 1.1)  # overall organ scale (patient size)
+    sc = rng.uniform(*d.organ_scale)  # overall organ scale (patient size)
     side = rng.uniform(-0.03, 0.03)
-    a["aorta"] = dict(cy=_jit(rng, 0.2, 0.015), cx=_jit(rng, 0.06, 0.015), r=rng.uniform(0.07, 0.085),
+    a["aorta"] = dict(cy=_pos(0.2, 0.015), cx=_pos(0.06, 0.015), r=rng.uniform(0.07, 0.085),
                       drift=(rng.normal(0, 0.02), rng.normal(0, 0.02)))
-    a["ivc"] = dict(cy=_jit(rng, 0.2, 0.015), cx=_jit(rng, -0.13, 0.015),
+    a["ivc"] = dict(cy=_pos(0.2, 0.015), cx=_pos(-0.13, 0.015),
                     ry=rng.uniform(0.045, 0.06), rx=rng.uniform(0.065, 0.08))
-    zl = _jit(rng, -0.05, 0.08) + zs
-    a["kidney_left"] = _Blob((zl, _jit(rng, 0.37, 0.02), _jit(rng, 0.37, 0.02) + side),
-                             (0.42 * sc, 0.17 * sc, 0.115 * sc), angle=_jit(rng, 0.5, 0.1),
-                             tilt=(0.0, rng.normal(0, 0.05)), deform=0.08, coef=_coef(rng))
-    a["kidney_right"] = _Blob((zl - rng.uniform(0.05, 0.2), _jit(rng, 0.37, 0.02), _jit(rng, -0.37, 0.02) + side),
-                              (0.42 * sc, 0.17 * sc, 0.115 * sc), angle=_jit(rng, -0.5, 0.1),
-                              tilt=(0.0, rng.normal(0, 0.05)), deform=0.08, coef=_coef(rng))
-    a["spleen"] = _Blob((_jit(rng, 0.45, 0.08) + zs, _jit(rng, 0.27, 0.03), _jit(rng, 0.53, 0.03)),
-                        (0.32 * sc, 0.24 * sc, 0.13 * sc), angle=_jit(rng, -0.6, 0.15),
-                        tilt=(rng.normal(0, 0.1), rng.normal(0, 0.1)), deform=0.12, coef=_coef(rng))
-    a["pancreas"] = dict(z=_jit(rng, 0.1, 0.08) + zs, zslope=rng.uniform(0.1, 0.3), x0=_jit(rng, -0.2, 0.03),
-                         x1=_jit(rng, 0.48, 0.04), y0=_jit(rng, 0.04, 0.02), bend=rng.uniform(0.4, 0.7),
-                         ry=rng.uniform(0.065, 0.08) * sc, rz=rng.uniform(0.14, 0.2), coef=_coef(rng))
-    a["stomach"] = _Blob((_jit(rng, 0.35, 0.08) + zs, _jit(rng, -0.17, 0.03), _jit(rng, 0.3, 0.04)),
-                         (0.33 * sc, 0.19 * sc, 0.23 * sc), angle=_jit(rng, 0.3, 0.15),
-                         tilt=(rng.normal(0, 0.15), rng.normal(-0.1, 0.1)), deform=0.12, coef=_coef(rng))
+    zl = _pos(-0.05, 0.08) + zs
+    a["kidney_left"] = _Blob((zl, _pos(0.37, 0.02), _pos(0.37, 0.02) + side),
+                             (0.42 * sc, 0.17 * sc, 0.115 * sc), angle=_pos(0.5, 0.1),
+                             tilt=(0.0, rng.normal(0, 0.05)), deform=0.08 * df, coef=_coef(rng))
+    a["kidney_right"] = _Blob((zl - rng.uniform(0.05, 0.2), _pos(0.37, 0.02), _pos(-0.37, 0.02) + side),
+                              (0.42 * sc, 0.17 * sc, 0.115 * sc), angle=_pos(-0.5, 0.1),
+                              tilt=(0.0, rng.normal(0, 0.05)), deform=0.08 * df, coef=_coef(rng))
+    a["spleen"] = _Blob((_pos(0.45, 0.08) + zs, _pos(0.27, 0.03), _pos(0.53, 0.03)),
+                        (0.32 * sc, 0.24 * sc, 0.13 * sc), angle=_pos(-0.6, 0.15),
+                        tilt=(rng.normal(0, 0.1), rng.normal(0, 0.1)), deform=0.12 * df, coef=_coef(rng))
+    a["pancreas"] = dict(z=_pos(0.1, 0.08) + zs, zslope=rng.uniform(0.1, 0.3), x0=_pos(-0.2, 0.03),
+                         x1=_pos(0.48, 0.04), y0=_pos(0.04, 0.02), bend=rng.uniform(0.4, 0.7),
+                         ry=rng.uniform(0.065, 0.08) * sc, rz=rng.uniform(0.14, 0.2), coef=_coef(rng),
+                         deform=0.1 * df)
+    a["stomach"] = _Blob((_pos(0.35, 0.08) + zs, _pos(-0.17, 0.03), _pos(0.3, 0.04)),
+                         (0.33 * sc, 0.19 * sc, 0.23 * sc), angle=_pos(0.3, 0.15),
+                         tilt=(rng.normal(0, 0.15), rng.normal(-0.1, 0.1)), deform=0.12 * df, coef=_coef(rng))
     a["stomach_fill"] = rng.uniform(0.15, 0.45)  # fraction of the stomach's depth filled with gas
     a["liver"] = [
-        _Blob((_jit(rng, 0.45, 0.08) + zs, _jit(rng, 0.0, 0.03), _jit(rng, -0.4, 0.03)),
-              (0.7 * sc, 0.52 * sc, 0.46 * sc), angle=_jit(rng, 0.2, 0.1),
-              tilt=(rng.normal(0, 0.1), rng.normal(0.1, 0.05)), deform=0.1, coef=_coef(rng)),
-        _Blob((_jit(rng, 0.55, 0.08) + zs, _jit(rng, -0.3, 0.03), _jit(rng, 0.05, 0.05)),
-              (0.4 * sc, 0.17 * sc, 0.36 * sc), angle=_jit(rng, 0.1, 0.1), deform=0.12, coef=_coef(rng)),
+        _Blob((_pos(0.45, 0.08) + zs, _pos(0.0, 0.03), _pos(-0.4, 0.03)),
+              (0.7 * sc, 0.52 * sc, 0.46 * sc), angle=_pos(0.2, 0.1),
+              tilt=(rng.normal(0, 0.1), rng.normal(0.1, 0.05)), deform=0.1 * df, coef=_coef(rng)),
+        _Blob((_pos(0.55, 0.08) + zs, _pos(-0.3, 0.03), _pos(0.05, 0.05)),
+              (0.4 * sc, 0.17 * sc, 0.36 * sc), angle=_pos(0.1, 0.1), deform=0.12 * df, coef=_coef(rng)),
     ]
     a["liver_vessels"] = _coef(rng, (8, 14, 14))
     a["gallbladder"] = None
     if rng.uniform() < 0.8:  # some patients have had a cholecystectomy
-        a["gallbladder"] = _Blob((_jit(rng, 0.05, 0.06) + zs, _jit(rng, -0.3, 0.03), _jit(rng, -0.3, 0.03)),
-                                 (0.15, 0.08, 0.06), angle=_jit(rng, 0.8, 0.2), deform=0.1, coef=_coef(rng))
+        a["gallbladder"] = _Blob((_pos(0.05, 0.06) + zs, _pos(-0.3, 0.03), _pos(-0.3, 0.03)),
+                                 (0.15, 0.08, 0.06), angle=_jit(rng, 0.8, 0.2), deform=0.1 * df, coef=_coef(rng))
     a["bowel"] = dict(coef=_coef(rng, (10, 26, 26)), gas=_coef(rng, (6, 12, 12)),
                       level=rng.uniform(0.2, 0.5), z_top=rng.uniform(0.0, 0.3) + zs)
     return a
@@ -305,7 +357,7 @@ def _organs(g: _Grid, a: dict, cavity: np.ndarray, halo: np.ndarray) -> Dict[str
 
     def place(name, radius, gap=0.12):
         m[name] = (radius < 1.0) & ~halo & cavity
-        halo[...] |= radius < 1.0 + gap
+        halo[...] |= radius < 1.0 + gap * a["fat_gap"]
         return m[name]
 
     ps, s = a["psoas"], a["spine"]
@@ -382,7 +434,7 @@ def _pancreas_radius(g: _Grid, p: dict) -> np.ndarray:
     ry = p["ry"] * (1.5 - 0.7 * t)  # the head is thicker than the tail
     zc = p["z"] + p["zslope"] * (g.x - xm)
     r = np.sqrt(((g.x - xm) / hx) ** 4 + ((g.y - yc) / ry) ** 2 + ((g.z - zc) / p["rz"]) ** 2)
-    return r - 0.1 * g.smooth_field(p["coef"])
+    return r - p["deform"] * g.smooth_field(p["coef"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -421,13 +473,14 @@ _TISSUE_HU = {
 _PAINT_ORDER = list(_TISSUE_HU)
 
 
-def _paint(g: _Grid, masks: Dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+def _paint(g: _Grid, masks: Dict[str, np.ndarray], rng: np.random.Generator,
+           d: Difficulty = DIFFICULTIES["standard"]) -> np.ndarray:
     """Piecewise-constant CT with per-case contrast, per-tissue shifts and smooth texture."""
-    contrast = rng.uniform(0.75, 1.2)  # bolus timing varies between scans
+    contrast = rng.uniform(*d.contrast)  # bolus timing varies between scans
     shift = rng.normal(0.0, 6.0)  # scanner calibration offset
     texture = ndimage.gaussian_filter(rng.standard_normal(g.shape, dtype=np.float32), 1.2)
     texture /= texture.std() + 1e-6
-    jitter = rng.normal(0.0, 6.0, len(_PAINT_ORDER))  # drawn for every tissue, present or not
+    jitter = rng.normal(0.0, d.tissue_jitter_hu, len(_PAINT_ORDER))  # drawn for every tissue, present or not
     img = np.full(g.shape, -1000.0, np.float32)
     for name, dev in zip(_PAINT_ORDER, jitter):
         mask = masks.get(name)
@@ -438,7 +491,8 @@ def _paint(g: _Grid, masks: Dict[str, np.ndarray], rng: np.random.Generator) -> 
     return img
 
 
-def _degrade(img: np.ndarray, g: _Grid, spacing: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+def _degrade(img: np.ndarray, g: _Grid, spacing: Sequence[float], rng: np.random.Generator,
+             d: Difficulty = DIFFICULTIES["standard"]) -> np.ndarray:
     """Scanner effects: partial-volume blur, smooth bias field and (partly correlated) noise."""
     sp = np.asarray(spacing, np.float64)
     # Thick slices average more tissue: the blur grows with each axis' spacing relative to the finest.
@@ -446,13 +500,13 @@ def _degrade(img: np.ndarray, g: _Grid, spacing: Sequence[float], rng: np.random
     img = ndimage.gaussian_filter(img, sigma, truncate=3.0)
     # Only the spatial variation of the bias fields: global offsets are the intensity step's business.
     f_mul, f_add = (g.smooth_field(_coef(rng, (3, 3, 3))) for _ in range(2))
-    bias_mul = 1.0 + rng.uniform(0.01, 0.03) * (f_mul - f_mul.mean())
+    bias_mul = 1.0 + rng.uniform(*d.bias) * (f_mul - f_mul.mean())
     bias_add = rng.uniform(2.0, 8.0) * (f_add - f_add.mean())
     img = (img + 1000.0) * bias_mul - 1000.0 + bias_add
     white = rng.standard_normal(g.shape, dtype=np.float32)
     corr = ndimage.gaussian_filter(rng.standard_normal(g.shape, dtype=np.float32), 0.8)
     corr /= corr.std() + 1e-6
-    img += rng.uniform(10.0, 20.0) * white + rng.uniform(3.0, 8.0) * corr
+    img += rng.uniform(*d.noise_hu) * white + rng.uniform(*d.correlated_noise_hu) * corr
     return np.clip(img, -1024.0, 3071.0).astype(np.float32)
 
 
@@ -474,7 +528,8 @@ def _check_grid(shape: Sequence[int], spacing: Sequence[float]) -> Tuple[Tuple[i
 
 
 def generate_case(index: int, seed: int, shape: Sequence[int] = _DEFAULT_SHAPE,
-                  spacing: Sequence[float] = _DEFAULT_SPACING) -> Tuple[np.ndarray, np.ndarray]:
+                  spacing: Sequence[float] = _DEFAULT_SPACING,
+                  difficulty: str = "standard") -> Tuple[np.ndarray, np.ndarray]:
     """Generate one phantom case.
 
     Args:
@@ -482,17 +537,19 @@ def generate_case(index: int, seed: int, shape: Sequence[int] = _DEFAULT_SHAPE,
         seed: dataset seed.
         shape: volume shape ``(z, y, x)``.
         spacing: voxel spacing ``(z, y, x)`` in mm (metadata; also shapes the partial-volume blur).
+        difficulty: a key of :data:`DIFFICULTIES` (scan quality and anatomical variation).
 
     Returns:
         ``(image, label)``: float32 CT-like image in HU and the uint8 label map (values of :data:`ORGANS`),
         both of shape ``shape``. The label is the sharp ground truth; the image is blurred and noisy.
     """
     shape, spacing = _check_grid(shape, spacing)
+    d = _difficulty(difficulty)
     rng_anat, rng_int, rng_noise = _case_rngs(index, seed)
     g = _Grid(shape)
-    anatomy = _sample_anatomy(rng_anat)
+    anatomy = _sample_anatomy(rng_anat, d)
     masks, label = _rasterise(g, anatomy)
-    image = _degrade(_paint(g, masks, rng_int), g, spacing, rng_noise)
+    image = _degrade(_paint(g, masks, rng_int, d), g, spacing, rng_noise, d)
     return image, label
 
 
@@ -542,7 +599,7 @@ def _case_list(folder: str, name: str, counts: Sequence[int]) -> List[Tuple[int,
     return cases
 
 
-def _dataset_json(name: str, counts: Sequence[int], shape, spacing, seed: int) -> dict:
+def _dataset_json(name: str, counts: Sequence[int], shape, spacing, seed: int, difficulty: str) -> dict:
     num_train, num_test, num_unlabeled = counts
     return {
         "channel_names": {"0": "CT"},
@@ -554,7 +611,8 @@ def _dataset_json(name: str, counts: Sequence[int], shape, spacing, seed: int) -
                        "(test cases in imagesTs/labelsTs, unlabeled cases in imagesUnlabeled).",
         "numTest": num_test,
         "numUnlabeled": num_unlabeled,
-        "phantom": {"seed": seed, "shape": list(shape), "spacing": list(spacing), "version": PHANTOM_VERSION},
+        "phantom": {"seed": seed, "shape": list(shape), "spacing": list(spacing), "version": PHANTOM_VERSION,
+                    "difficulty": difficulty},
     }
 
 
@@ -572,7 +630,8 @@ def _differences(existing: dict, requested: dict) -> List[str]:
     for key in ("numTraining", "numTest", "numUnlabeled"):
         if existing.get(key) != requested[key]:
             diffs.append(f"{key}: existing {existing.get(key)}, requested {requested[key]}")
-    old = existing.get("phantom") or {}
+    old = dict(existing.get("phantom") or {})
+    old.setdefault("difficulty", "standard")  # written before difficulties existed
     for key, value in requested["phantom"].items():
         if old.get(key) != value:
             diffs.append(f"{key}: existing {old.get(key)}, requested {value}")
@@ -627,7 +686,7 @@ def _write_json_atomic(obj: dict, path: str) -> None:
 def generate_dataset(raw_root: str, dataset_id: int = 501, dataset_name: str = "Phantom", num_train: int = 20,
                      num_test: int = 10, num_unlabeled: int = 0, shape: Sequence[int] = _DEFAULT_SHAPE,
                      spacing: Sequence[float] = _DEFAULT_SPACING, seed: int = 0, overwrite: bool = False,
-                     progress: bool = True) -> str:
+                     progress: bool = True, difficulty: str = "standard") -> str:
     """Write a phantom dataset in nnU-Net v2 raw format.
 
     Layout: ``raw_root/Dataset{id:03d}_{name}/`` with ``imagesTr``/``labelsTr`` (cases ``0..num_train-1``),
@@ -651,6 +710,8 @@ def generate_dataset(raw_root: str, dataset_id: int = 501, dataset_name: str = "
         seed: dataset seed; case ``i`` depends only on ``(seed, i)``, shape and spacing.
         overwrite: replace an existing phantom dataset generated with other parameters.
         progress: show a tqdm progress bar.
+        difficulty: a key of :data:`DIFFICULTIES`: ``standard`` or ``hard`` (low-dose noise, variable
+            contrast phase, more anatomical variation, organs that abut).
 
     Returns:
         Path of the dataset folder.
@@ -661,6 +722,7 @@ def generate_dataset(raw_root: str, dataset_id: int = 501, dataset_name: str = "
         ValueError: invalid parameters, or another ``Dataset{id:03d}_*`` folder exists in ``raw_root``.
     """
     shape, spacing = _check_grid(shape, spacing)
+    _difficulty(difficulty)
     counts = (int(num_train), int(num_test), int(num_unlabeled))
     seed = int(seed)
     _check_dataset_args(dataset_id, dataset_name, counts, seed)
@@ -670,7 +732,7 @@ def generate_dataset(raw_root: str, dataset_id: int = 501, dataset_name: str = "
     os.makedirs(raw_root, exist_ok=True)
     _refuse_id_clash(raw_root, int(dataset_id), folder_name)
 
-    meta = _dataset_json(dataset_name, counts, shape, spacing, seed)
+    meta = _dataset_json(dataset_name, counts, shape, spacing, seed, difficulty)
     json_path = os.path.join(folder, "dataset.json")
     if os.path.lexists(folder):
         if not os.path.isdir(folder):
@@ -705,7 +767,7 @@ def generate_dataset(raw_root: str, dataset_id: int = 501, dataset_name: str = "
 
     for index, image_path, label_path in tqdm(todo, desc=f"Generating {folder_name}", unit="case",
                                               disable=not progress):
-        image, label = generate_case(index, seed, shape, spacing)
+        image, label = generate_case(index, seed, shape, spacing, difficulty)
         for array, path in ((label, label_path), (image, image_path)):
             if path is not None and not os.path.isfile(path):  # a resumed run keeps what is there
                 _write_nifti(array, path, spacing)
@@ -803,6 +865,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="voxel spacing in mm, written into the files; a larger Z spacing also blurs more "
                              "along z (default: 2.5 0.8 0.8)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
+    parser.add_argument("--difficulty", default="standard", choices=sorted(DIFFICULTIES),
+                        help="standard, or hard: low-dose noise, a contrast phase from almost unenhanced to "
+                             "portal-venous, organs that vary more in size, place and shape and abut each other "
+                             "(default: standard)")
     parser.add_argument("--overwrite", action="store_true",
                         help="regenerate an existing phantom dataset that has other parameters (folders not made "
                              "by this command are never deleted)")
@@ -825,7 +891,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     def run():
         folder = generate_dataset(raw_root, args.dataset_id, args.name, args.train, args.test, args.unlabeled,
-                                  args.shape, args.spacing, args.seed, args.overwrite, not args.no_progress)
+                                  args.shape, args.spacing, args.seed, args.overwrite, not args.no_progress,
+                                  args.difficulty)
         print(folder)
         if args.overview:
             print(render_overview(folder, args.overview))

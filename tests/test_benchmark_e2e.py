@@ -37,3 +37,13 @@ def test_quick_benchmark_tiny(tmp_path):
     again = run_command(args, env, timeout=300).stdout
     assert sorted(os.listdir(work / "logs")) == before
     assert again.split("nnunet-ext benchmark")[1].split("\n", 1)[1] == out.split("nnunet-ext benchmark")[1].split("\n", 1)[1]
+    # the same work folder with another phantom is refused before anything is touched
+    raw_before = _mtimes(work / "raw")
+    other = run_command(args + ["--difficulty", "hard"], env, timeout=300, check=False)
+    assert other.returncode == 2
+    assert "difficulty: existing standard, requested hard" in other.stderr and "--work" in other.stderr
+    assert _mtimes(work / "raw") == raw_before and sorted(os.listdir(work / "logs")) == before
+
+
+def _mtimes(folder):
+    return {os.path.join(r, f): os.stat(os.path.join(r, f)).st_mtime_ns for r, _, fs in os.walk(folder) for f in fs}

@@ -11,7 +11,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from nnunet_ext.phantom import ORGANS, generate_case, generate_dataset, main, render_overview
+from nnunet_ext.phantom import (DIFFICULTIES, ORGANS, PhantomConfigError, PhantomExistsError, generate_case,
+                                generate_dataset, main, render_overview)
 
 SMALL = (24, 48, 48)
 SPACING = (2.5, 0.8, 0.8)
@@ -35,13 +36,14 @@ def _small_dataset(raw, **kwargs):
     return generate_dataset(str(raw), **args)
 
 
-@pytest.fixture(scope="module")
-def sample():
-    """Six cases at the default grid, with a body mask taken from the image (air < -500 HU)."""
+@pytest.fixture(scope="module", params=sorted(DIFFICULTIES))
+def sample(request):
+    """Six cases at the default grid, with a body mask taken from the image (air < -500 HU), per difficulty."""
     cases = []
     for i in range(6):
-        image, label = generate_case(i, seed=0)
-        body = ndimage.binary_fill_holes(image > -500)  # gas inside the body is enclosed, so it is filled
+        image, label = generate_case(i, seed=0, difficulty=request.param)
+        # Gas inside the body is enclosed in each axial slice (in 3-D it may reach the top of the volume).
+        body = np.stack([ndimage.binary_fill_holes(s) for s in image > -500])
         cases.append((image, label, body))
     return cases
 
@@ -90,11 +92,13 @@ def test_labels_inside_body(sample):
         assert not ((label > 0) & ~body).any()
 
 
-def test_intensities_ordered_like_ct(sample):
+def test_intensities_ordered_like_ct(sample, request):
+    enhanced = request.node.callspec.params["sample"] == "standard"  # hard: phases down to almost unenhanced
     for image, label, body in sample:
         mean = {name: image[label == v].mean() for v, name in ORGANS.items() if v}
-        assert min(mean["kidney_left"], mean["kidney_right"]) > mean["liver"]
-        assert max(mean, key=mean.get) == "aorta"
+        if enhanced:
+            assert min(mean["kidney_left"], mean["kidney_right"]) > mean["liver"]
+            assert max(mean, key=mean.get) == "aorta"
         assert 20 < mean["liver"] < 120 and -20 < mean["spleen"] < 110
         assert np.median(image[(label == 0) & body]) < 0  # fat dominates what is not an organ
         assert image[~body].mean() < -900  # air around the patient
@@ -119,6 +123,75 @@ def test_anatomical_relations(sample):
         assert min(cy["kidney_left"], cy["kidney_right"]) > cy["liver"]
         assert cy["spleen"] > cy["stomach"]
         assert cy["pancreas"] < cy["aorta"]
+
+
+# --- difficulties -------------------------------------------------------------------------------
+def _difficulty_statistics(difficulty, num_cases=12):
+    """Noise inside the liver, organ-to-organ contact, spread of organ centroids and volumes over cases."""
+    noise, contact, centroids, volumes = [], [], [], []
+    for i in range(num_cases):
+        image, label = generate_case(i, 0, SMALL, difficulty=difficulty)
+        noise.append(image[ndimage.binary_erosion(label == LABEL["liver"], iterations=2)].std())
+        faces = 0
+        for axis in range(3):
+            a = np.moveaxis(label, axis, 0)
+            faces += ((a[1:] > 0) & (a[:-1] > 0) & (a[1:] != a[:-1])).sum()  # organs touching, no fat between
+        contact.append(faces)
+        organs = [v for v in ORGANS if v]
+        centroids.append([np.argwhere(label == v).mean(0) for v in organs])
+        volumes.append([(label == v).sum() for v in organs])
+    volumes = np.asarray(volumes, float)
+    return dict(noise=np.mean(noise), contact=np.mean(contact), centroid_sd=np.std(centroids, axis=0).mean(),
+                volume_cv=(volumes.std(0) / volumes.mean(0)).mean())
+
+
+def test_hard_phantom_is_noisier_more_variable_and_its_organs_abut():
+    standard, hard = _difficulty_statistics("standard"), _difficulty_statistics("hard")
+    assert hard["noise"] > 1.6 * standard["noise"]
+    assert hard["contact"] > 1.5 * standard["contact"]
+    assert hard["centroid_sd"] > 1.15 * standard["centroid_sd"]
+    assert hard["volume_cv"] > 1.3 * standard["volume_cv"]
+
+
+def test_hard_phantom_is_deterministic_and_differs_from_standard():
+    a_img, a_lab = generate_case(1, 3, SMALL, difficulty="hard")
+    b_img, b_lab = generate_case(1, 3, SMALL, difficulty="hard")
+    np.testing.assert_array_equal(a_img, b_img)
+    np.testing.assert_array_equal(a_lab, b_lab)
+    s_img, s_lab = generate_case(1, 3, SMALL, difficulty="standard")
+    assert not np.array_equal(a_lab, s_lab) and not np.array_equal(a_img, s_img)
+    np.testing.assert_array_equal(generate_case(1, 3, SMALL)[1], s_lab)  # standard is the default
+
+
+def test_unknown_difficulty_is_refused(tmp_path):
+    with pytest.raises(PhantomConfigError, match="standard"):
+        generate_case(0, 0, SMALL, difficulty="extreme")
+    with pytest.raises(PhantomConfigError, match="hard"):
+        _small_dataset(tmp_path, difficulty="extreme")
+    assert not os.path.exists(tmp_path / "Dataset501_Phantom")
+
+
+def test_difficulty_is_recorded_and_guards_reuse(tmp_path):
+    folder = _small_dataset(tmp_path, num_test=0)
+    json_path = os.path.join(folder, "dataset.json")
+    with open(json_path) as f:
+        meta = json.load(f)
+    assert meta["phantom"]["difficulty"] == "standard"
+    # A dataset written before difficulties existed is a standard one and is reused as it is.
+    del meta["phantom"]["difficulty"]
+    with open(json_path, "w") as f:
+        json.dump(meta, f)
+    before = _mtimes(os.path.join(folder, "imagesTr"))
+    _small_dataset(tmp_path, num_test=0)
+    assert _mtimes(os.path.join(folder, "imagesTr")) == before
+    with pytest.raises(PhantomExistsError, match="difficulty: existing standard, requested hard"):
+        _small_dataset(tmp_path, num_test=0, difficulty="hard")
+    assert _mtimes(os.path.join(folder, "imagesTr")) == before
+    _small_dataset(tmp_path, num_test=0, difficulty="hard", overwrite=True)
+    with open(json_path) as f:
+        assert json.load(f)["phantom"]["difficulty"] == "hard"
+    np.testing.assert_array_equal(_read(os.path.join(folder, "labelsTr", "Phantom_000.nii.gz"))[1],
+                                  generate_case(0, 0, SMALL, SPACING, "hard")[1])
 
 
 # --- files on disk ------------------------------------------------------------------------------
@@ -238,6 +311,11 @@ def test_cli(tmp_path, monkeypatch, capsys):
     folder = capsys.readouterr().out.splitlines()[0]
     assert folder.endswith("Dataset007_Tiny") and png.stat().st_size > 0
     assert _read(os.path.join(folder, "imagesTr", "Tiny_001_0000.nii.gz"))[0].GetSpacing() == (1.0, 1.0, 3.0)
+    assert main(["-o", str(tmp_path / "h"), "-d", "8", "-n", "Hard", "--train", "1", "--test", "0",
+                 "--shape", "16", "32", "32", "--difficulty", "hard", "--no-progress"]) is None
+    hard = capsys.readouterr().out.splitlines()[0]
+    np.testing.assert_array_equal(_read(os.path.join(hard, "labelsTr", "Hard_000.nii.gz"))[1],
+                                  generate_case(0, 0, (16, 32, 32), SPACING, "hard")[1])
 
     monkeypatch.setenv("nnUNet_raw", str(tmp_path))
     with pytest.raises(SystemExit) as e:  # a clash is reported as a message, not a traceback
@@ -255,7 +333,7 @@ def test_cli_help_explains_flags(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     for flag in ("-o", "-d", "-n", "--train", "--test", "--unlabeled", "--shape", "--spacing", "--seed",
-                 "--overwrite", "--overview"):
+                 "--overwrite", "--overview", "--difficulty"):
         assert flag in text
 
 
