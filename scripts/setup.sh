@@ -5,6 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# torch's CUDA build alone takes ~5.5 GB in the venv; say so before pip fails half-way with "No space left".
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  free_kib=$(df --output=avail -k . | tail -1)
+  if [ "$free_kib" -lt $((7 * 1024 * 1024)) ]; then
+    echo "setup.sh: only $((free_kib / 1024)) MiB free on $(df --output=target . | tail -1); the install needs about" \
+         "7 GiB (torch ~5.5 GB). Free some space (old clones, caches) and run it again." >&2
+    exit 1
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

@@ -211,3 +211,22 @@ def test_presets_that_do_not_fit_the_dataset(tiny_planned_dataset):
                                                              "arch_kwargs": {}, "_kw_requires_import": []}
     with pytest.raises(UserInputError, match=r"uses monai.networks.nets.SwinUNETR, which has no U-Net stage"):
         build_preset_configuration(other, load_preset("3d_small"))
+
+
+def test_setup_refuses_to_start_an_install_that_cannot_fit_on_the_disk(tmp_path):
+    """scripts/setup.sh stops before pip when under 7 GiB are free and torch is not installed yet."""
+    import shutil
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(os.path.join(repo, "scripts", "setup.sh"), tmp_path / "scripts" / "setup.sh")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "df").write_text("#!/bin/sh\necho Avail; echo 1048576\n")  # 1 GiB free
+    (fake_bin / "df").chmod(0o755)
+    result = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True,
+                            env=dict(os.environ, PATH=f"{fake_bin}:{os.environ['PATH']}"), timeout=60)
+    assert result.returncode == 1
+    assert "only 1024 MiB free" in result.stderr and "7 GiB" in result.stderr
+    assert not (tmp_path / ".venv").exists()  # nothing was started
