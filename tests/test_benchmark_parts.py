@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 
 from nnunet_ext.benchmark.metrics import case_metrics, dice, hd95
-from nnunet_ext.benchmark.splits import label_efficiency_folds
+from nnunet_ext.benchmark.splits import extend_folds, label_efficiency_folds
 
 IDS = [f"case_{i:03d}" for i in range(20)]
 
@@ -39,6 +39,34 @@ def test_folds_reject_bad_arguments(kwargs):
     args.update(kwargs)
     with pytest.raises(ValueError):
         label_efficiency_folds(**args)
+
+
+def test_extend_folds_keeps_fold_numbers_and_appends_new_combinations():
+    folds, manifest, requested = extend_folds([], [], IDS, 4, [0.1], [0])
+    assert (folds, manifest) == label_efficiency_folds(IDS, 4, [0.1], [0]) and requested == manifest
+    # continued with more fractions and seeds: fold 0 stays (10 %, seed 0), the rest are appended
+    folds2, manifest2, requested2 = extend_folds(folds, manifest, IDS, 4, [0.1, 1.0], [0, 1])
+    assert folds2[0] == folds[0] and manifest2[0] == manifest[0]
+    assert [(m["fold"], m["fraction"], m["seed"]) for m in manifest2] == [(0, 0.1, 0), (1, 1.0, 0), (2, 0.1, 1),
+                                                                           (3, 1.0, 1)]
+    assert [m["fold"] for m in requested2] == [0, 1, 2, 3]
+    reference = dict(zip([(m["fraction"], m["seed"]) for m in label_efficiency_folds(IDS, 4, [0.1, 1.0], [0, 1])[1]],
+                         label_efficiency_folds(IDS, 4, [0.1, 1.0], [0, 1])[0]))
+    for m in manifest2:  # each fold is exactly what its (fraction, seed) makes
+        assert folds2[m["fold"]] == reference[(m["fraction"], m["seed"])]
+    # asking for a subset returns only its entries and changes nothing
+    folds3, manifest3, requested3 = extend_folds(folds2, manifest2, IDS, 4, [1.0], [1])
+    assert (folds3, manifest3) == (folds2, manifest2) and requested3 == [manifest2[3]]
+
+
+def test_extend_folds_refuses_folds_of_other_data():
+    folds, manifest, _ = extend_folds([], [], IDS, 4, [0.1], [0])
+    with pytest.raises(ValueError, match="fold 0"):
+        extend_folds(folds, manifest, IDS, 5, [0.1], [0])  # another validation size
+    with pytest.raises(ValueError, match="fold 0"):
+        extend_folds(folds, manifest, IDS[:-1], 4, [0.1], [0])  # other cases
+    with pytest.raises(ValueError, match="manifest"):
+        extend_folds(folds, [], IDS, 4, [0.1], [0])
 
 
 def test_dice_matches_hand_computation():
@@ -98,3 +126,31 @@ def test_report_mean_std_over_seeds_and_markdown(tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 1000
     one_seed = report.summarise([r for r in rows if r["seed"] == 0])
     assert "| base | 50.0 |" in report.markdown(one_seed, ["base", "method"], {1: "liver", 2: "spleen"}, "base")
+
+
+def test_benchmark_work_folder_grows_with_more_fractions_and_seeds(tmp_path):
+    import json
+
+    from nnunet_ext.benchmark.run import Benchmark
+    from nnunet_ext.errors import UserInputError
+
+    def benchmark(**settings):
+        b = Benchmark(str(tmp_path), dict(dict(num_val=2, fractions=[0.2], seeds=[0]), **settings), [], "cpu", 0)
+        labels = tmp_path / "raw" / b.dataset / "labelsTr"
+        labels.mkdir(parents=True, exist_ok=True)
+        for case in IDS[:12]:
+            (labels / f"{case}.nii.gz").touch()
+        (tmp_path / "preprocessed" / b.dataset).mkdir(parents=True, exist_ok=True)
+        return b
+
+    first = benchmark().write_splits()
+    splits_file = tmp_path / "preprocessed" / benchmark().dataset / "splits_final.json"
+    fold0 = json.loads(splits_file.read_text())[0]
+    more = benchmark(fractions=[0.2, 1.0], seeds=[0, 3]).write_splits()
+    assert more[0] == first[0] and [m["fold"] for m in more] == [0, 1, 2, 3]
+    splits = json.loads(splits_file.read_text())
+    assert len(splits) == 4 and splits[0] == fold0
+    assert json.loads((tmp_path / "splits_manifest.json").read_text()) == more
+    with pytest.raises(UserInputError, match="--work"):
+        benchmark(num_val=3).write_splits()
+    assert json.loads(splits_file.read_text()) == splits  # a refused call writes nothing

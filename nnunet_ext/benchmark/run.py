@@ -113,25 +113,38 @@ class Benchmark:
                           "-np", 2], "preprocess_unlabeled.log")
 
     def write_splits(self) -> list:
-        from nnunet_ext.benchmark.splits import label_efficiency_folds
+        """Write the folds of the requested (fraction, seed) pairs; return their manifest entries.
+
+        A work folder grows: folds of earlier runs keep their numbers (their results are named after them)
+        and new fractions or seeds are appended, so a benchmark can be continued with more of them.
+        """
+        from nnunet_ext.benchmark.splits import extend_folds
 
         s = self.settings
         labels_tr = os.path.join(self.paths["raw"], self.dataset, "labelsTr")
         ids = sorted(f[:-len(".nii.gz")] for f in os.listdir(labels_tr) if f.endswith(".nii.gz"))
-        folds, manifest = label_efficiency_folds(ids, s["num_val"], s["fractions"], s["seeds"])
         splits_file = os.path.join(self.paths["preprocessed"], self.dataset, "splits_final.json")
+        manifest_file = os.path.join(self.work, "splits_manifest.json")
+        old_folds, old_manifest = [], []
         if os.path.isfile(splits_file):
             with open(splits_file) as f:
-                if json.load(f) != folds:
-                    raise UserInputError(
-                        f"{splits_file} holds other splits than these settings make (the work folder {self.work} "
-                        f"was made with other --fractions/--seeds/--num-val). Use another --work folder.")
-        else:
-            with open(splits_file, "w") as f:
-                json.dump(folds, f, indent=1)
-        with open(os.path.join(self.work, "splits_manifest.json"), "w") as f:
-            json.dump(manifest, f, indent=1)
-        return manifest
+                old_folds = json.load(f)
+            if os.path.isfile(manifest_file):
+                with open(manifest_file) as f:
+                    old_manifest = json.load(f)
+        try:
+            folds, manifest, requested = extend_folds(old_folds, old_manifest, ids, s["num_val"], s["fractions"],
+                                                      s["seeds"])
+        except ValueError as e:
+            raise UserInputError(
+                f"{splits_file} holds other splits than these settings make ({e}; the work folder {self.work} "
+                f"was made with another --num-val or other data). Use another --work folder.") from e
+        if folds != old_folds:
+            for path, obj in ((splits_file, folds), (manifest_file, manifest)):
+                with open(path + ".tmp", "w") as f:  # nnU-Net may be reading the splits of a running fold
+                    json.dump(obj, f, indent=1)
+                os.replace(path + ".tmp", path)
+        return requested
 
     # ------------------------------------------------------------ pretraining (methods with a "pretrain" entry)
     def results_root(self, method: dict) -> str:
