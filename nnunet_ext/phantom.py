@@ -14,6 +14,8 @@ Conventions:
       more the partial-volume blur spreads along the thick-slice axis.
     - every case depends only on ``(seed, index)`` (and the grid), so a dataset of N cases is a prefix of
       a dataset of N + k cases.
+    - a difficulty (:data:`DIFFICULTIES`) scales scan quality and anatomical variation without changing the
+      sequence of random draws; ``standard`` is the phantom of :data:`PHANTOM_VERSION` 1 unchanged.
 
 Command line: ``nnUNetv2_ext_generate_phantom`` (see :func:`main`).
 """
