@@ -9,7 +9,7 @@ from conftest import run_command
 def test_quick_benchmark_tiny(tmp_path):
     work = tmp_path / "bench"
     args = ["nnUNetv2_ext_benchmark", "--quick", "--work", work, "-tr", "nnUNetTrainer", "nnUNetTrainerMedContext",
-            "nnUNetTrainerSimCVD", "VolumeFusion+nnUNetTrainer", "--num-train", 5, "--num-val", 1, "--num-test", 2, "--num-unlabeled", 2, "--shape", 24, 48, 48, "-c", "3d_tiny",
+            "nnUNetTrainerSimCVD", "VolumeFusion+nnUNetTrainer", "nnUNetTrainer_sameTimeAs_MedContext", "--num-train", 5, "--num-val", 1, "--num-test", 2, "--num-unlabeled", 2, "--shape", 24, 48, 48, "-c", "3d_tiny",
             "--epochs", 1, "--iterations", 2, "--val-iterations", 1, "--fractions", 0.5, "--seeds", 0,
             "--num-proc-DA", 0]
     env = dict(os.environ, nnUNet_compile="f")
@@ -19,10 +19,16 @@ def test_quick_benchmark_tiny(tmp_path):
         assert (report / name).is_file(), name
     with open(report / "results_per_case.csv") as f:
         rows = list(csv.DictReader(f))
-    # 4 methods x 1 fold x 2 test cases x 7 organs
-    assert len(rows) == 4 * 2 * 7
+    # 5 methods x 1 fold x 2 test cases x 7 organs
+    assert len(rows) == 5 * 2 * 7
     assert {r["trainer"] for r in rows} == {"nnUNetTrainer", "nnUNetTrainerMedContext", "nnUNetTrainerSimCVD",
-                                            "VolumeFusion+nnUNetTrainer"}
+                                            "VolumeFusion+nnUNetTrainer", "nnUNetTrainer_sameTimeAs_MedContext"}
+    # the equal-wall-clock run got the epochs that MedContext's epoch times ask for, in its own results folder
+    same_time = json.load(open(work / "metrics" / "nnUNetTrainer_sameTimeAs_MedContext__fold0.json"))
+    assert same_time["time_ratio"] > 1 and same_time["epochs"] == max(1, round(same_time["time_ratio"]))
+    log = open(work / "logs" / "train__nnUNetTrainer_sameTimeAs_MedContext__fold0.log").read()
+    assert f"budget: {same_time['epochs']} epochs x 2 iterations" in log
+    assert (work / "results_nnUNetTrainer_sameTimeAs_MedContext").is_dir() and "equal-wall-clock" in out
     # the fine-tuned run started from the pretraining run's weights, in its own results folder
     log = open(work / "logs" / "train__VolumeFusion+nnUNetTrainer__fold0.log").read()
     assert "initialised from" in log and "nnUNetTrainerVolumeFusion__nnUNetPlans__3d_tiny" in log

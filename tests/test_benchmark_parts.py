@@ -154,3 +154,44 @@ def test_benchmark_work_folder_grows_with_more_fractions_and_seeds(tmp_path):
     with pytest.raises(UserInputError, match="--work"):
         benchmark(num_val=3).write_splits()
     assert json.loads(splits_file.read_text()) == splits  # a refused call writes nothing
+
+
+def test_equal_wall_clock_budget_from_nnunet_epoch_times(tmp_path):
+    from nnunet_ext.benchmark.budget import epoch_seconds, matched_epochs, time_ratio
+
+    # a resumed run writes one log per start; every epoch line counts, other lines do not
+    (tmp_path / "training_log_2026_1.txt").write_text("x: Epoch 0 \nx: Epoch time: 10.5 s \nx: Epoch time: 11.0 s \n")
+    (tmp_path / "training_log_2026_2.txt").write_text("x: Current learning rate: 0.01 \nx: Epoch time: 90.0 s \n")
+    (tmp_path / "other.txt").write_text("Epoch time: 1000 s\n")
+    assert epoch_seconds(str(tmp_path)) == [10.5, 11.0, 90.0]
+    # medians: one epoch slowed by other work on the machine does not move the ratio
+    assert time_ratio([26.0, 27.0, 300.0], [10.0, 10.0, 11.0]) == pytest.approx(2.7)
+    assert matched_epochs(60, 2.7) == 162 and matched_epochs(1, 0.2) == 1
+    with pytest.raises(ValueError):
+        time_ratio([], [1.0])
+
+
+def test_equal_wall_clock_run_needs_the_runs_it_is_timed_against(tmp_path):
+    from nnunet_ext.benchmark.run import Benchmark, benchmark_methods
+    from nnunet_ext.errors import UserInputError
+
+    methods = {m.get("name", m["trainer"]): m for m in benchmark_methods()}
+    same_time = methods["nnUNetTrainer_sameTimeAs_MedContext"]
+    b = Benchmark(str(tmp_path), dict(configuration="3d_small", epochs=4), [same_time], "cpu", 0)
+    with pytest.raises(UserInputError, match="-tr nnUNetTrainer nnUNetTrainerMedContext"):
+        b.same_time_epochs(same_time, 0)
+    assert b.results_root(same_time) != b.results_root(methods["nnUNetTrainer"])  # never shares a results folder
+
+
+def test_quick_mode_leaves_out_equal_wall_clock_runs_unless_named(monkeypatch, tmp_path):
+    from nnunet_ext.benchmark import run
+
+    chosen = []
+    monkeypatch.setattr(run.Benchmark, "run", lambda self: chosen.append([m.get("name", m["trainer"])
+                                                                          for m in self.trainers]) or "")
+    run.main(["--quick", "--work", str(tmp_path / "a")])
+    run.main(["--quick", "--work", str(tmp_path / "b"), "-tr", "nnUNetTrainer_sameTimeAs_SimCVD"])
+    run.main(["--work", str(tmp_path / "c")])
+    assert not any("sameTimeAs" in name for name in chosen[0]) and "nnUNetTrainerMedContext" in chosen[0]
+    assert chosen[1] == ["nnUNetTrainer_sameTimeAs_SimCVD"]
+    assert "nnUNetTrainer_sameTimeAs_MedContext" in chosen[2]

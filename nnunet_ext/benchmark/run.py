@@ -148,11 +148,39 @@ class Benchmark:
 
     # ------------------------------------------------------------ pretraining (methods with a "pretrain" entry)
     def results_root(self, method: dict) -> str:
-        """nnU-Net results folder of a method: its own when it fine-tunes a stock trainer from pretrained weights,
-        so that its runs never share a results folder with the same trainer trained from scratch."""
-        if method.get("pretrain"):
+        """nnU-Net results folder of a method: its own when it trains a stock trainer differently (fine-tuned
+        from pretrained weights, or with another budget), so that its runs never share a results folder with
+        the same trainer trained from scratch at the common budget."""
+        if method.get("pretrain") or method.get("same_time_as"):
             return os.path.join(self.work, f"results_{method_name(method)}")
         return self.paths["results"]
+
+    def output_folder(self, method: dict, fold) -> str:
+        return os.path.join(self.results_root(method), self.dataset,
+                            f"{method['trainer']}__nnUNetPlans__{self.settings['configuration']}", f"fold_{fold}")
+
+    def same_time_epochs(self, method: dict, fold) -> tuple:
+        """(epochs, ratio) that give ``method['trainer']`` the training time per run of
+        ``method['same_time_as']`` on this fold, from both finished runs' epoch timings."""
+        from nnunet_ext.benchmark.budget import epoch_seconds, matched_epochs, time_ratio
+
+        methods = {method_name(m): m for m in benchmark_methods()}
+        reference = methods.get(method["same_time_as"])
+        baseline = next(m for m in methods.values() if m.get("baseline"))
+        if reference is None:
+            raise UserInputError(f"methods.json: '{method_name(method)}' takes the time of "
+                                 f"'{method['same_time_as']}', which methods.json does not list.")
+        seconds = {}
+        for m in (reference, baseline):
+            folder = self.output_folder(m, fold)
+            seconds[method_name(m)] = epoch_seconds(folder)
+            if not os.path.isfile(os.path.join(folder, "validation", "summary.json")) or not seconds[method_name(m)]:
+                raise UserInputError(
+                    f"{method_name(method)} on fold {fold} needs the finished runs of {method_name(reference)} and "
+                    f"{method_name(baseline)} on that fold (their epoch times set its budget); {folder} has none. "
+                    f"Run the benchmark with -tr {method_name(baseline)} {method_name(reference)} first.")
+        ratio = time_ratio(seconds[method_name(reference)], seconds[method_name(baseline)])
+        return matched_epochs(self.settings["epochs"], ratio), ratio
 
     def pretrain(self, method: dict) -> tuple:
         """Pretrain once (fold 'all', same step budget as one run) on the pool; returns (checkpoint, seconds)."""
@@ -181,11 +209,14 @@ class Benchmark:
                 return json.load(f)
         s = self.settings
         root = self.results_root(method)
-        output = os.path.join(root, self.dataset, f"{trainer}__nnUNetPlans__{s['configuration']}", f"fold_{fold}")
+        output = self.output_folder(method, fold)
         train_seconds = pretrain_seconds = None
+        epochs, time_ratio = s["epochs"], None
+        if method.get("same_time_as"):
+            epochs, time_ratio = self.same_time_epochs(method, fold)
         if not os.path.isfile(os.path.join(output, "validation", "summary.json")):
             args = [sys.executable, "-m", "nnunet_ext.benchmark.train", DATASET_ID, s["configuration"], fold, "-tr",
-                    trainer, "--epochs", s["epochs"], "--iterations", s["iterations"], "--val-iterations",
+                    trainer, "--epochs", epochs, "--iterations", s["iterations"], "--val-iterations",
                     s["val_iterations"], "--seed", entry["seed"], "-device", self.device]
             if method.get("pretrain"):
                 checkpoint, pretrain_seconds = self.pretrain(method)
@@ -199,7 +230,8 @@ class Benchmark:
             predict.append("--disable_tta")
         predict_seconds = self.command(predict, f"predict__{name}__fold{fold}.log", results=root)
         result = dict(entry, trainer=name, train_seconds=train_seconds, predict_seconds=predict_seconds,
-                      pretrain_seconds=pretrain_seconds, cases=self.evaluate(predictions))
+                      pretrain_seconds=pretrain_seconds, epochs=epochs, time_ratio=time_ratio,
+                      cases=self.evaluate(predictions))
         with open(metrics_file + ".tmp", "w") as f:
             json.dump(result, f, indent=1)
         os.replace(metrics_file + ".tmp", metrics_file)
@@ -260,6 +292,12 @@ class Benchmark:
             if seconds.get(t):
                 mean = sum(seconds[t]) / len(seconds[t])
                 lines.append(f"| {t} | {mean:.0f} | {mean / base:.2f}× |" if base else f"| {t} | {mean:.0f} | — |")
+        for r in results:
+            if r.get("time_ratio"):
+                lines.append(f"\n{r['trainer']} ({r['fraction']:.0%}, seed {r['seed']}): {r['epochs']} epochs instead "
+                             f"of the common budget's, i.e. {r['time_ratio']:.2f}× the steps: the baseline given the "
+                             f"training time of the method it names (ratio of median epoch times of the two runs). "
+                             f"Its row is the equal-wall-clock comparison; every other row compares at equal steps.")
         pretraining = {r["trainer"]: r["pretrain_seconds"] for r in results if r.get("pretrain_seconds")}
         for t, value in pretraining.items():
             lines.append(f"\n{t}: plus one pretraining run of {value:.0f} s, shared by all its fine-tuning runs.")
@@ -320,6 +358,9 @@ def main(argv=None):
         if args.tta is not None:
             settings["tta"] = args.tta == "on"
         methods = benchmark_methods()
+        if args.quick and not args.trainers:
+            # quick runs are dominated by start-up and final validation: their times say nothing per step
+            methods = [m for m in methods if not m.get("same_time_as")]
         if args.trainers:
             known = {method_name(t): t for t in methods}
             unknown = [t for t in args.trainers if t not in known]
