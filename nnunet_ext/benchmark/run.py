@@ -20,7 +20,8 @@ DATASET_ID = 510
 DATASET_NAME = "PhantomBenchmark"
 
 MODES = {
-    # <= 15 minutes on 2 CPU cores for the 5 methods of methods.json: shows the pipeline end to end, not converged
+    # <= 15 minutes on 2 CPU cores for the 5 methods of methods.json that run in it (the equal-wall-clock rows do
+    # not): shows the pipeline end to end, not converged
     "quick": dict(num_train=14, num_val=4, num_test=6, num_unlabeled=6, shape=(32, 64, 64),
                   configuration="3d_small", fractions=(0.2, 1.0), seeds=(0,), epochs=5, iterations=20,
                   val_iterations=2, tta=False, difficulty="standard"),
