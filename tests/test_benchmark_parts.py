@@ -195,3 +195,27 @@ def test_quick_mode_leaves_out_equal_wall_clock_runs_unless_named(monkeypatch, t
     assert not any("sameTimeAs" in name for name in chosen[0]) and "nnUNetTrainerMedContext" in chosen[0]
     assert chosen[1] == ["nnUNetTrainer_sameTimeAs_SimCVD"]
     assert "nnUNetTrainer_sameTimeAs_MedContext" in chosen[2]
+
+
+def test_training_curves_from_nnunet_logs(tmp_path):
+    from nnunet_ext.benchmark.curves import main as curves_main
+    from nnunet_ext.benchmark.curves import parse_training_log, read_run
+
+    log = ("2026-11-24 21:35:26.506293: Epoch 0 \n2026-11-24 21:35:26.5: Current learning rate: 0.01 \n"
+           "2026-11-24 21:36:20.3: seg_clean 0.7568, seg_masked 0.7677, context 0.0611 \n"
+           "2026-11-24 21:36:20.3: train_loss 1.5251 \n2026-11-24 21:36:20.3: val_loss -0.4932 \n"
+           "2026-11-24 21:36:20.3: Pseudo dice [np.float32(0.0), np.float32(0.8123)] \n"
+           "2026-11-24 21:36:20.9: Epoch 1 \n2026-11-24 21:37:00.0: train_loss 0.9 \n")  # epoch 1 was cut short
+    epochs = parse_training_log(log)
+    assert epochs == {0: {"train_loss": 1.5251, "val_loss": -0.4932, "pseudo_dice": [0.0, 0.8123]}}
+    run = tmp_path / "nnUNetTrainerX__nnUNetPlans__3d_small" / "fold_0"
+    run.mkdir(parents=True)
+    (run / "training_log_2026_11_24_1.txt").write_text(log)
+    # the resumed run's log repeats epoch 1 to the end: the later log wins
+    (run / "training_log_2026_11_24_2.txt").write_text(
+        "x: Epoch 1 \nx: train_loss 0.5 \nx: val_loss 0.25 \nx: Pseudo dice [np.float32(0.5), np.float32(0.5)] \n")
+    assert read_run(str(run))[1] == {"train_loss": 0.5, "val_loss": 0.25, "pseudo_dice": [0.5, 0.5]}
+    with pytest.raises(FileNotFoundError, match="no nnU-Net training log"):
+        read_run(str(tmp_path))
+    curves_main([str(run), "-o", str(tmp_path / "c.png"), "--iterations", "100"])
+    assert (tmp_path / "c.png").stat().st_size > 0

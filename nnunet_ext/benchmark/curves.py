@@ -1,0 +1,91 @@
+"""Training curves of nnU-Net runs side by side, from nnU-Net's own training logs.
+
+``python -m nnunet_ext.benchmark.curves RUN_FOLDER [RUN_FOLDER ...] -o curves.png`` plots, per epoch, the mean
+pseudo Dice over classes, the validation loss and the training loss of each run (a run folder is nnU-Net's
+``fold_X`` folder). Used to look into why a method does or does not beat the baseline.
+"""
+import argparse
+import glob
+import os
+import re
+from typing import Dict, List
+
+_EPOCH = re.compile(r": Epoch (\d+) ?$")
+_VALUE = re.compile(r": (train_loss|val_loss) (-?[0-9.]+(?:e-?\d+)?)")
+_DICE = re.compile(r": Pseudo dice \[(.*)\]")
+_NUMBER = re.compile(r"(-?\d+(?:\.\d*)?(?:e-?\d+)?)\)")
+
+
+def parse_training_log(text: str) -> Dict[int, dict]:
+    """Per epoch: ``train_loss``, ``val_loss`` and ``pseudo_dice`` (list per class), as nnU-Net logged them.
+    A resumed run repeats epochs; the later entry wins."""
+    epochs, current = {}, None
+    for line in text.splitlines():
+        line = line.rstrip()
+        m = _EPOCH.search(line)
+        if m:
+            current = epochs[int(m.group(1))] = {}
+            continue
+        if current is None:
+            continue
+        m = _VALUE.search(line)
+        if m:
+            current[m.group(1)] = float(m.group(2))
+        m = _DICE.search(line)
+        if m:
+            current["pseudo_dice"] = [float(x) for x in _NUMBER.findall(m.group(1))]
+    return {e: v for e, v in epochs.items() if "pseudo_dice" in v}  # epochs that finished
+
+
+def read_run(folder: str) -> Dict[int, dict]:
+    """All ``training_log_*.txt`` of a run folder, in the order they were written."""
+    epochs = {}
+    for path in sorted(glob.glob(os.path.join(folder, "training_log_*.txt"))):
+        with open(path) as f:
+            epochs.update(parse_training_log(f.read()))
+    if not epochs:
+        raise FileNotFoundError(f"{folder} holds no nnU-Net training log with a finished epoch")
+    return epochs
+
+
+def plot_runs(runs: Dict[str, Dict[int, dict]], path: str, iterations_per_epoch: int = None) -> None:
+    """One panel each for mean pseudo Dice, validation loss and training loss; one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name, epochs in runs.items():
+        xs = sorted(epochs)
+        steps = [(e + 1) * iterations_per_epoch for e in xs] if iterations_per_epoch else [e + 1 for e in xs]
+        dice = [sum(epochs[e]["pseudo_dice"]) / len(epochs[e]["pseudo_dice"]) for e in xs]
+        axes[0].plot(steps, dice, label=name)
+        for ax, key in zip(axes[1:], ("val_loss", "train_loss")):
+            ax.plot(steps, [epochs[e].get(key, float("nan")) for e in xs], label=name)
+    for ax, title in zip(axes, ("mean pseudo Dice", "validation loss", "training loss (whole objective)")):
+        ax.set_title(title)
+        ax.set_xlabel("steps" if iterations_per_epoch else "epochs")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: List[str] = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m nnunet_ext.benchmark.curves",
+        description="Plot nnU-Net runs' per-epoch mean pseudo Dice, validation and training loss side by side "
+                    "from their training logs.")
+    parser.add_argument("runs", nargs="+", help="nnU-Net run folders (.../TRAINER__PLANS__CONFIG/fold_X)")
+    parser.add_argument("-o", "--output", required=True, help="PNG to write")
+    parser.add_argument("--iterations", type=int, default=None, help="iterations per epoch: x axis in steps")
+    args = parser.parse_args(argv)
+    runs = {os.path.basename(os.path.dirname(os.path.abspath(r))).split("__")[0]: read_run(r) for r in args.runs}
+    plot_runs(runs, args.output, args.iterations)
+    print(args.output)
+
+
+if __name__ == "__main__":
+    main()
