@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import sys
 
 from conftest import run_command
 
@@ -15,6 +16,7 @@ def test_quick_benchmark_tiny(tmp_path):
     env = dict(os.environ, nnUNet_compile="f")
     out = run_command(args, env, timeout=900).stdout
     report = work / "report"
+    out_md = (report / "results.md").read_text()
     for name in ("results.md", "results_summary.csv", "results_per_case.csv", "dice_vs_fraction.png"):
         assert (report / name).is_file(), name
     with open(report / "results_per_case.csv") as f:
@@ -26,6 +28,8 @@ def test_quick_benchmark_tiny(tmp_path):
     # the equal-wall-clock run got the epochs that MedContext's epoch times ask for, in its own results folder
     same_time = json.load(open(work / "metrics" / "nnUNetTrainer_sameTimeAs_MedContext__fold0.json"))
     assert same_time["time_ratio"] > 1 and same_time["epochs"] == max(1, round(same_time["time_ratio"]))
+    assert same_time["budget"] == {"num_epochs": same_time["epochs"], "num_iterations_per_epoch": 2,
+                                   "num_val_iterations_per_epoch": 1}
     log = open(work / "logs" / "train__nnUNetTrainer_sameTimeAs_MedContext__fold0.log").read()
     assert f"budget: {same_time['epochs']} epochs x 2 iterations" in log
     assert (work / "results_nnUNetTrainer_sameTimeAs_MedContext").is_dir() and "equal-wall-clock" in out
@@ -49,6 +53,23 @@ def test_quick_benchmark_tiny(tmp_path):
     assert other.returncode == 2
     assert "difficulty: existing standard, requested hard" in other.stderr and "--work" in other.stderr
     assert _mtimes(work / "raw") == raw_before and sorted(os.listdir(work / "logs")) == before
+    # ... and so is another step budget: the cached runs were trained with 2 steps, not 4
+    metrics_before = _mtimes(work / "metrics")
+    other = run_command(args + ["--epochs", 2], env, timeout=300, check=False)
+    assert other.returncode == 2
+    assert "1 epochs x 2 iterations (2 steps)" in other.stderr and "(4 steps)" in other.stderr
+    assert _mtimes(work / "metrics") == metrics_before and (work / "report" / "results.md").read_text() == out_md
+    # nnU-Net's run folder refuses to resume under another budget when trained directly, too
+    run_env = dict(env, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
+                   nnUNet_results=str(work / "results"))
+    fold = work / "results" / "Dataset510_PhantomBenchmark" / "nnUNetTrainer__nnUNetPlans__3d_tiny" / "fold_0"
+    checkpoint = _mtimes(fold)
+    direct = run_command([sys.executable, "-m", "nnunet_ext.benchmark.train", "510", "3d_tiny", "0", "-tr",
+                          "nnUNetTrainer", "--epochs", "3", "--iterations", "2", "--val-iterations", "1"], run_env,
+                         timeout=300, check=False)
+    assert direct.returncode == 2 and "resume with the budget it was started with" in direct.stderr
+    assert {k: v for k, v in _mtimes(fold).items() if k.endswith(".pth")} == \
+        {k: v for k, v in checkpoint.items() if k.endswith(".pth")}
 
 
 def _mtimes(folder):

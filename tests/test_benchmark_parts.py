@@ -1,5 +1,6 @@
 """Benchmark building blocks: few-label splits and metrics against independent computations."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -181,6 +182,63 @@ def test_equal_wall_clock_run_needs_the_runs_it_is_timed_against(tmp_path):
     with pytest.raises(UserInputError, match="-tr nnUNetTrainer nnUNetTrainerMedContext"):
         b.same_time_epochs(same_time, 0)
     assert b.results_root(same_time) != b.results_root(methods["nnUNetTrainer"])  # never shares a results folder
+
+
+def test_step_budget_is_read_from_the_debug_json_nnunet_writes(tmp_path):
+    import json
+
+    from nnunet_ext.benchmark.budget import budget_mismatch, recorded_budget, step_budget
+
+    assert recorded_budget(str(tmp_path)) is None  # no run started here
+    # nnU-Net writes its trainer's attributes as strings
+    (tmp_path / "debug.json").write_text(json.dumps({"num_epochs": "60", "num_iterations_per_epoch": "100",
+                                                     "num_val_iterations_per_epoch": "10", "seed": "x"}))
+    recorded = recorded_budget(str(tmp_path))
+    assert recorded == step_budget(60, 100, 10)
+    assert budget_mismatch(recorded, step_budget(60, 100, 10)) is None
+    assert budget_mismatch(None, step_budget(60, 100, 10)) is None
+    message = budget_mismatch(recorded, step_budget(120, 100, 10))
+    assert "60 epochs x 100 iterations (6000 steps)" in message and "(12000 steps)" in message
+    assert budget_mismatch(recorded, step_budget(60, 100, 5)) is not None
+
+
+def test_benchmark_refuses_runs_of_another_step_budget(tmp_path):
+    """Finished runs are cached per method and fold: a work folder asked for another budget must stop, not report
+    the old runs as if trained with the new one (or resume them under another schedule)."""
+    import json
+
+    from nnunet_ext.benchmark.run import Benchmark, benchmark_methods
+    from nnunet_ext.errors import UserInputError
+
+    baseline = next(m for m in benchmark_methods() if m.get("baseline"))
+    entry = dict(fold=0, fraction=0.1, seed=0, num_labeled=5)
+
+    def benchmark(epochs):
+        return Benchmark(str(tmp_path), dict(configuration="3d_small", epochs=epochs, iterations=100, val_iterations=10),
+                         [baseline], "cpu", 0)
+
+    output = benchmark(60).output_folder(baseline, 0)
+    os.makedirs(output)
+    (tmp_path / "metrics").mkdir(exist_ok=True)
+    metrics = tmp_path / "metrics" / "nnUNetTrainer__fold0.json"
+    # a run in progress (no metrics yet), started with 60 epochs
+    with open(os.path.join(output, "debug.json"), "w") as f:
+        json.dump({"num_epochs": "60", "num_iterations_per_epoch": "100", "num_val_iterations_per_epoch": "10"}, f)
+    with pytest.raises(UserInputError, match="6000 steps.*12000 steps.*another --work folder"):
+        benchmark(120).run_one(baseline, entry)
+    # finished, with metrics written before the budget was recorded in them: the run folder tells
+    metrics.write_text(json.dumps(dict(entry, trainer="nnUNetTrainer", cases={})))
+    with pytest.raises(UserInputError, match="a finished run of nnUNetTrainer on fold 0"):
+        benchmark(120).run_one(baseline, entry)
+    assert benchmark(60).run_one(baseline, entry)["cases"] == {}
+    # metrics that record their budget need no run folder
+    os.remove(os.path.join(output, "debug.json"))
+    metrics.write_text(json.dumps(dict(entry, trainer="nnUNetTrainer", cases={},
+                                       budget=dict(num_epochs=60, num_iterations_per_epoch=100,
+                                                   num_val_iterations_per_epoch=10))))
+    with pytest.raises(UserInputError, match="holds a finished run"):
+        benchmark(120).run_one(baseline, entry)
+    assert json.loads(metrics.read_text())["budget"]["num_epochs"] == 60  # a refused call changes nothing
 
 
 def test_quick_mode_leaves_out_equal_wall_clock_runs_unless_named(monkeypatch, tmp_path):

@@ -32,3 +32,40 @@ def time_ratio(method_seconds: List[float], baseline_seconds: List[float]) -> fl
 def matched_epochs(epochs: int, ratio: float) -> int:
     """Epochs (of the same iterations each) that take ``ratio`` times as long as ``epochs``; at least 1."""
     return max(1, int(round(epochs * ratio)))
+
+
+# the attributes the benchmark sets on nnU-Net's trainer, as nnU-Net names them in a run's debug.json
+BUDGET_KEYS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch")
+
+
+def step_budget(epochs: int, iterations: int, val_iterations: int) -> dict:
+    """A run's step budget, keyed as nnU-Net's trainer attributes."""
+    return dict(zip(BUDGET_KEYS, (int(epochs), int(iterations), int(val_iterations))))
+
+
+def recorded_budget(output_folder: str):
+    """The step budget a run was started with, from the ``debug.json`` nnU-Net writes when training starts
+    (after the benchmark has set the budget); None when the folder holds no started run."""
+    import json
+
+    path = os.path.join(output_folder, "debug.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        debug = json.load(f)
+    if not all(k in debug for k in BUDGET_KEYS):
+        return None
+    return {k: int(debug[k]) for k in BUDGET_KEYS}
+
+
+def describe(budget: dict) -> str:
+    return (f"{budget['num_epochs']} epochs x {budget['num_iterations_per_epoch']} iterations "
+            f"({budget['num_epochs'] * budget['num_iterations_per_epoch']} steps), "
+            f"{budget['num_val_iterations_per_epoch']} validation iterations")
+
+
+def budget_mismatch(recorded: dict, expected: dict):
+    """None if a recorded budget is the expected one, else a sentence naming both."""
+    if recorded is None or recorded == expected:
+        return None
+    return f"it was trained with {describe(recorded)}, these settings ask for {describe(expected)}"

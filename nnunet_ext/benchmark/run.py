@@ -185,11 +185,16 @@ class Benchmark:
 
     def pretrain(self, method: dict) -> tuple:
         """Pretrain once (fold 'all', same step budget as one run) on the pool; returns (checkpoint, seconds)."""
+        from nnunet_ext.benchmark.budget import recorded_budget, step_budget
+
         s = self.settings
         trainer, root = method["pretrain"], self.results_root(method)
         checkpoint = os.path.join(root, self.dataset, f"{trainer}__nnUNetPlans__{s['configuration']}", "fold_all",
                                   "checkpoint_final.pth")
         seconds = None
+        self.refuse_other_budget(recorded_budget(os.path.dirname(checkpoint)),
+                                 step_budget(s["epochs"], s["iterations"], s["val_iterations"]),
+                                 f"a {trainer} pretraining run ({os.path.dirname(checkpoint)})")
         if not os.path.isfile(checkpoint):
             self.command([_bin("nnUNetv2_ext_prepare_pretraining"), "-d", DATASET_ID, "-c", s["configuration"],
                           "-np", 2], f"prepare_pretraining__{method_name(method)}.log")
@@ -200,21 +205,41 @@ class Benchmark:
                 f"pretrain__{method_name(method)}.log", training=True, results=root)
         return checkpoint, seconds
 
+    def refuse_other_budget(self, recorded: dict, expected: dict, what: str):
+        """Stop before a run of another step budget is reused or resumed: its numbers would enter the table as
+        if trained with these settings (finished runs are cached per method and fold, not per budget)."""
+        from nnunet_ext.benchmark.budget import budget_mismatch
+
+        mismatch = budget_mismatch(recorded, expected)
+        if mismatch:
+            raise UserInputError(
+                f"The work folder {self.work} holds {what}, but {mismatch}. A work folder keeps one step budget, "
+                f"so that its table never mixes budgets: pass another --work folder for this budget, or the "
+                f"--epochs/--iterations/--val-iterations it was made with.")
+
     # ------------------------------------------------------------ one run
     def run_one(self, method: dict, entry: dict) -> dict:
         """Train, predict and evaluate one (method, fold); cached in ``metrics/``."""
+        from nnunet_ext.benchmark.budget import recorded_budget, step_budget
+
         fold, trainer, name = entry["fold"], method["trainer"], method_name(method)
         metrics_file = os.path.join(self.work, "metrics", f"{name}__fold{fold}.json")
-        if os.path.isfile(metrics_file):
-            with open(metrics_file) as f:
-                return json.load(f)
         s = self.settings
         root = self.results_root(method)
         output = self.output_folder(method, fold)
-        train_seconds = pretrain_seconds = None
         epochs, time_ratio = s["epochs"], None
         if method.get("same_time_as"):
             epochs, time_ratio = self.same_time_epochs(method, fold)
+        budget = step_budget(epochs, s["iterations"], s["val_iterations"])
+        if os.path.isfile(metrics_file):
+            with open(metrics_file) as f:
+                cached = json.load(f)
+            # metrics written before the budget was recorded in them: the run folder's debug.json tells
+            self.refuse_other_budget(cached.get("budget") or recorded_budget(output), budget,
+                                     f"a finished run of {name} on fold {fold}")
+            return cached
+        self.refuse_other_budget(recorded_budget(output), budget, f"a run of {name} on fold {fold} ({output})")
+        train_seconds = pretrain_seconds = None
         if not os.path.isfile(os.path.join(output, "validation", "summary.json")):
             args = [sys.executable, "-m", "nnunet_ext.benchmark.train", DATASET_ID, s["configuration"], fold, "-tr",
                     trainer, "--epochs", epochs, "--iterations", s["iterations"], "--val-iterations",
@@ -231,7 +256,7 @@ class Benchmark:
             predict.append("--disable_tta")
         predict_seconds = self.command(predict, f"predict__{name}__fold{fold}.log", results=root)
         result = dict(entry, trainer=name, train_seconds=train_seconds, predict_seconds=predict_seconds,
-                      pretrain_seconds=pretrain_seconds, epochs=epochs, time_ratio=time_ratio,
+                      pretrain_seconds=pretrain_seconds, epochs=epochs, time_ratio=time_ratio, budget=budget,
                       cases=self.evaluate(predictions))
         with open(metrics_file + ".tmp", "w") as f:
             json.dump(result, f, indent=1)

@@ -24,10 +24,19 @@ def train(dataset: str, configuration: str, fold, trainer_name: str, epochs: int
     """
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
+    from nnunet_ext.benchmark.budget import budget_mismatch, recorded_budget, step_budget
+    from nnunet_ext.errors import UserInputError
+
     trainer = get_trainer_from_args(dataset, configuration, fold, trainer_name, plans, False, torch.device(device))
     final = os.path.join(trainer.output_folder, "checkpoint_final.pth")
     latest = os.path.join(trainer.output_folder, "checkpoint_latest.pth")
     resume = os.path.isfile(final) or os.path.isfile(latest)
+    mismatch = budget_mismatch(recorded_budget(trainer.output_folder), step_budget(epochs, iterations, val_iterations))
+    if resume and mismatch:
+        # resuming would continue the run's learning-rate schedule under another budget
+        raise UserInputError(f"{trainer.output_folder} holds a run of {trainer_name}, but {mismatch}. Train this "
+                             f"budget into another nnUNet_results folder, or resume with the budget it was started "
+                             f"with.")
     trainer.num_epochs = epochs
     trainer.num_iterations_per_epoch = iterations
     trainer.num_val_iterations_per_epoch = val_iterations
@@ -62,8 +71,11 @@ def main(argv=None):
     parser.add_argument("-device", default="cpu")
     parser.add_argument("--pretrained-weights", default=None, help="checkpoint to initialise a new run from")
     args = parser.parse_args(argv)
-    train(args.dataset, args.configuration, args.fold, args.trainer, args.epochs, args.iterations,
-          args.val_iterations, args.seed, args.device, args.plans, args.pretrained_weights)
+    from nnunet_ext.errors import run_cli
+
+    run_cli(lambda: train(args.dataset, args.configuration, args.fold, args.trainer, args.epochs, args.iterations,
+                          args.val_iterations, args.seed, args.device, args.plans, args.pretrained_weights),
+            parser.prog)
 
 
 if __name__ == "__main__":
