@@ -241,6 +241,26 @@ def test_benchmark_refuses_runs_of_another_step_budget(tmp_path):
     assert json.loads(metrics.read_text())["budget"]["num_epochs"] == 60  # a refused call changes nothing
 
 
+def test_one_benchmark_per_work_folder(tmp_path):
+    import fcntl
+
+    from nnunet_ext.benchmark.run import Benchmark
+    from nnunet_ext.errors import UserInputError
+
+    first = Benchmark(str(tmp_path), {}, [], "cpu", 0)
+    first.lock()
+    assert (tmp_path / "benchmark.lock").read_text() == str(os.getpid())
+    second = Benchmark(str(tmp_path), {}, [], "cpu", 0)
+    with pytest.raises(UserInputError, match=f"running in the work folder .* \\(process {os.getpid()}\\)"):
+        second.run()  # refused before data or splits are touched
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == []
+    first._lock_file.close()  # what the process's exit does, also when it is killed
+    second.lock()
+    with open(tmp_path / "benchmark.lock") as f:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def test_quick_mode_leaves_out_equal_wall_clock_runs_unless_named(monkeypatch, tmp_path):
     from nnunet_ext.benchmark import run
 
