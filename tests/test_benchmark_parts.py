@@ -297,3 +297,25 @@ def test_training_curves_from_nnunet_logs(tmp_path):
         read_run(str(tmp_path))
     curves_main([str(run), "-o", str(tmp_path / "c.png"), "--iterations", "100"])
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_curve_legend_names_never_merge_two_runs(tmp_path, monkeypatch):
+    from nnunet_ext.benchmark import curves
+
+    def folder(*parts):
+        return str(tmp_path.joinpath(*parts))
+
+    a = folder("x", "nnUNetTrainer__nnUNetPlans__3d_small", "fold_0")
+    b = folder("x", "nnUNetTrainerMedContext__nnUNetPlans__3d_small", "fold_0")
+    c = folder("x", "nnUNetTrainer__nnUNetPlans__3d_small", "fold_1")
+    d = folder("y", "nnUNetTrainer__nnUNetPlans__3d_small", "fold_1")
+    assert curves.run_labels([a, b]) == ["nnUNetTrainer", "nnUNetTrainerMedContext"]
+    assert curves.run_labels([a, c]) == ["nnUNetTrainer fold_0", "nnUNetTrainer fold_1"]
+    assert curves.run_labels([c, d]) == [c, d]
+    plotted = {}
+    monkeypatch.setattr(curves, "read_run", lambda r: {0: {"pseudo_dice": [float(len(r))]}})
+    monkeypatch.setattr(curves, "plot_runs", lambda runs, path, it: plotted.update(runs))
+    curves.main([c, d, "-o", "p.png", "--labels", "6k", "12k"])
+    assert sorted(plotted) == ["12k", "6k"]  # both runs plotted, under the given names
+    with pytest.raises(SystemExit):
+        curves.main([c, d, "-o", "p.png", "--labels", "same", "same"])

@@ -73,6 +73,16 @@ def plot_runs(runs: Dict[str, Dict[int, dict]], path: str, iterations_per_epoch:
     plt.close(fig)
 
 
+def run_labels(folders: List[str]) -> List[str]:
+    """Legend names: the trainer of each run, with its fold where trainers repeat, and the whole path where
+    even that repeats (runs of the same trainer and fold from two results folders); never two alike."""
+    parts = [os.path.normpath(os.path.abspath(f)).split(os.sep) for f in folders]
+    for name in ([p[-2].split("__")[0] for p in parts], [f"{p[-2].split('__')[0]} {p[-1]}" for p in parts]):
+        if len(set(name)) == len(name):
+            return name
+    return [os.path.normpath(f) for f in folders]
+
+
 def main(argv: List[str] = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m nnunet_ext.benchmark.curves",
@@ -81,9 +91,13 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("runs", nargs="+", help="nnU-Net run folders (.../TRAINER__PLANS__CONFIG/fold_X)")
     parser.add_argument("-o", "--output", required=True, help="PNG to write")
     parser.add_argument("--iterations", type=int, default=None, help="iterations per epoch: x axis in steps")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="one legend name per run (default: the trainer, and the fold where trainers repeat)")
     args = parser.parse_args(argv)
-    runs = {os.path.basename(os.path.dirname(os.path.abspath(r))).split("__")[0]: read_run(r) for r in args.runs}
-    plot_runs(runs, args.output, args.iterations)
+    labels = args.labels or run_labels(args.runs)
+    if len(labels) != len(args.runs) or len(set(labels)) != len(labels):
+        parser.error(f"--labels needs one distinct name per run ({len(args.runs)} runs, got {labels})")
+    plot_runs({label: read_run(r) for label, r in zip(labels, args.runs)}, args.output, args.iterations)
     print(args.output)
 
 
