@@ -319,3 +319,28 @@ def test_curve_legend_names_never_merge_two_runs(tmp_path, monkeypatch):
     assert sorted(plotted) == ["12k", "6k"]  # both runs plotted, under the given names
     with pytest.raises(SystemExit):
         curves.main([c, d, "-o", "p.png", "--labels", "same", "same"])
+
+
+def test_benchmark_training_writes_checkpoints_atomically(tmp_path):
+    from nnunet_ext.benchmark.train import write_checkpoints_atomically
+
+    class Trainer:
+        """Writes like nnU-Net's save_checkpoint: in place; ``fail`` stops it halfway, as a kill would."""
+        fail = False
+
+        def save_checkpoint(self, filename):
+            with open(filename, "w") as f:
+                f.write("half")
+                if self.fail:
+                    raise KeyboardInterrupt
+                f.write(" and whole")
+
+    trainer = Trainer()
+    write_checkpoints_atomically(trainer)
+    target = tmp_path / "checkpoint_latest.pth"
+    trainer.save_checkpoint(str(target))
+    assert target.read_text() == "half and whole" and not (tmp_path / "checkpoint_latest.pth.part").exists()
+    trainer.fail = True
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(str(target))
+    assert target.read_text() == "half and whole"  # the previous checkpoint is untouched

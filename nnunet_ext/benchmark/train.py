@@ -14,6 +14,23 @@ import numpy as np
 import torch
 
 
+def write_checkpoints_atomically(trainer) -> None:
+    """Make ``trainer.save_checkpoint`` write to a temporary file and rename it into place.
+
+    Plain nnU-Net writes checkpoints in place, so a run killed while writing one (a long CPU benchmark is
+    stopped and resumed many times) would leave a truncated ``checkpoint_latest.pth`` that cannot resume.
+    """
+    save = trainer.save_checkpoint
+
+    def save_atomically(filename: str) -> None:
+        partial = filename + ".part"
+        save(partial)
+        if os.path.isfile(partial):  # only the process of rank 0 writes
+            os.replace(partial, filename)
+
+    trainer.save_checkpoint = save_atomically
+
+
 def train(dataset: str, configuration: str, fold, trainer_name: str, epochs: int, iterations: int,
           val_iterations: int, seed: int, device: str = "cpu", plans: str = "nnUNetPlans",
           pretrained_weights: str = None) -> str:
@@ -37,6 +54,7 @@ def train(dataset: str, configuration: str, fold, trainer_name: str, epochs: int
         raise UserInputError(f"{trainer.output_folder} holds a run of {trainer_name}, but {mismatch}. Train this "
                              f"budget into another nnUNet_results folder, or resume with the budget it was started "
                              f"with.")
+    write_checkpoints_atomically(trainer)
     trainer.num_epochs = epochs
     trainer.num_iterations_per_epoch = iterations
     trainer.num_val_iterations_per_epoch = val_iterations
