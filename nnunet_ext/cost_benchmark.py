@@ -57,6 +57,9 @@ ARITHMETIC_FLOOR = {
     "nnUNetTrainerVolumeFusion": 1.0,
     # SimCVD: student fwd+bwd on B labeled + B unlabeled = 6, teacher fwd on B unlabeled = 1 -> 7/3
     "nnUNetTrainerSimCVD": 7 / 3,
+    # SimCVD + MedContext: student fwd+bwd on B labeled + B unlabeled + B masked = 9, teacher fwd on B unlabeled
+    # + B labeled = 2 -> 11/3
+    "nnUNetTrainerSimCVDMedContext": 11 / 3,
     "nnUNetTrainerMedContext": 7 / 3,
     "nnUNetTrainerMedContext_halfBatch": 4 / 3,
     "nnUNetTrainerMedContext_noTeacher": 2.0,

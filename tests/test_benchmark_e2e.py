@@ -10,7 +10,9 @@ from conftest import run_command
 def test_quick_benchmark_tiny(tmp_path):
     work = tmp_path / "bench"
     args = ["nnUNetv2_ext_benchmark", "--quick", "--work", work, "-tr", "nnUNetTrainer", "nnUNetTrainerMedContext",
-            "nnUNetTrainerSimCVD", "VolumeFusion+nnUNetTrainer", "nnUNetTrainer_sameTimeAs_MedContext", "--num-train", 5, "--num-val", 1, "--num-test", 2, "--num-unlabeled", 2, "--shape", 24, 48, 48, "-c", "3d_tiny",
+            "nnUNetTrainerSimCVD", "VolumeFusion+nnUNetTrainer", "VolumeFusion+nnUNetTrainerSimCVDMedContext",
+            "nnUNetTrainer_sameTimeAs_MedContext", "--num-train", 5, "--num-val", 1, "--num-test", 2,
+            "--num-unlabeled", 2, "--shape", 24, 48, 48, "-c", "3d_tiny",
             "--epochs", 1, "--iterations", 2, "--val-iterations", 1, "--fractions", 0.5, "--seeds", 0,
             "--num-proc-DA", 0]
     env = dict(os.environ, nnUNet_compile="f")
@@ -21,10 +23,11 @@ def test_quick_benchmark_tiny(tmp_path):
         assert (report / name).is_file(), name
     with open(report / "results_per_case.csv") as f:
         rows = list(csv.DictReader(f))
-    # 5 methods x 1 fold x 2 test cases x 7 organs
-    assert len(rows) == 5 * 2 * 7
+    # 6 methods x 1 fold x 2 test cases x 7 organs
+    assert len(rows) == 6 * 2 * 7
     assert {r["trainer"] for r in rows} == {"nnUNetTrainer", "nnUNetTrainerMedContext", "nnUNetTrainerSimCVD",
-                                            "VolumeFusion+nnUNetTrainer", "nnUNetTrainer_sameTimeAs_MedContext"}
+                                            "VolumeFusion+nnUNetTrainer", "VolumeFusion+nnUNetTrainerSimCVDMedContext",
+                                            "nnUNetTrainer_sameTimeAs_MedContext"}
     # the equal-wall-clock run got the epochs that MedContext's epoch times ask for, in its own results folder
     same_time = json.load(open(work / "metrics" / "nnUNetTrainer_sameTimeAs_MedContext__fold0.json"))
     # a 2-step epoch is timed too briefly to be sure MedContext comes out slower on a loaded machine (once 0.86)
@@ -34,11 +37,18 @@ def test_quick_benchmark_tiny(tmp_path):
     log = open(work / "logs" / "train__nnUNetTrainer_sameTimeAs_MedContext__fold0.log").read()
     assert f"budget: {same_time['epochs']} epochs x 2 iterations" in log
     assert (work / "results_nnUNetTrainer_sameTimeAs_MedContext").is_dir() and "equal-wall-clock" in out
-    # the fine-tuned run started from the pretraining run's weights, in its own results folder
-    log = open(work / "logs" / "train__VolumeFusion+nnUNetTrainer__fold0.log").read()
-    assert "initialised from" in log and "nnUNetTrainerVolumeFusion__nnUNetPlans__3d_tiny" in log
-    assert (work / "results_VolumeFusion+nnUNetTrainer").is_dir()
-    assert "plus one pretraining run of" in out
+    # both fine-tuned methods started from one pretraining run's weights, each in its own results folder
+    pretrained = work / "results_pretraining" / "Dataset510_PhantomBenchmark" / \
+        "nnUNetTrainerVolumeFusion__nnUNetPlans__3d_tiny" / "fold_all" / "checkpoint_final.pth"
+    assert pretrained.is_file()
+    assert [n for n in os.listdir(work / "logs") if n.startswith("pretrain__")] == \
+        ["pretrain__nnUNetTrainerVolumeFusion.log"]
+    for name in ("VolumeFusion+nnUNetTrainer", "VolumeFusion+nnUNetTrainerSimCVDMedContext"):
+        log = open(work / "logs" / f"train__{name}__fold0.log").read()
+        assert "initialised from" in log and str(pretrained) in log, name
+        assert (work / f"results_{name}").is_dir()
+    assert ("VolumeFusion+nnUNetTrainer, VolumeFusion+nnUNetTrainerSimCVDMedContext: plus one "
+            "nnUNetTrainerVolumeFusion pretraining run of") in out
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows if r["dice"] != "nan")
     manifest = json.load(open(work / "splits_manifest.json"))
     assert manifest == [{"fold": 0, "fraction": 0.5, "seed": 0, "num_labeled": 2}]
@@ -48,6 +58,12 @@ def test_quick_benchmark_tiny(tmp_path):
     again = run_command(args, env, timeout=300).stdout
     assert sorted(os.listdir(work / "logs")) == before
     assert again.split("nnunet-ext benchmark")[1].split("\n", 1)[1] == out.split("nnunet-ext benchmark")[1].split("\n", 1)[1]
+    # --report-only writes the same report from the finished runs, trains nothing, and names what is missing
+    only = run_command(args + ["--report-only"], env, timeout=300).stdout
+    assert only.split("nnunet-ext benchmark")[1].split("\n", 1)[1] == out.split("nnunet-ext benchmark")[1].split("\n", 1)[1]
+    more = run_command(args + ["--report-only", "--seeds", 0, 1], env, timeout=300).stdout
+    assert "Not finished yet, so not in these tables: every trainer at 50% seed 1 (no fold yet)." in more
+    assert sorted(os.listdir(work / "logs")) == before
     # the same work folder with another phantom is refused before anything is touched
     raw_before = _mtimes(work / "raw")
     other = run_command(args + ["--difficulty", "hard"], env, timeout=300, check=False)

@@ -129,6 +129,25 @@ def test_report_mean_std_over_seeds_and_markdown(tmp_path):
     assert "| base | 50.0 |" in report.markdown(one_seed, ["base", "method"], {1: "liver", 2: "spleen"}, "base")
 
 
+def test_report_compares_the_seeds_both_trainers_have_run():
+    """A benchmark run piece by piece: the baseline has seeds 0 and 1, the method only seed 0. The gain pairs
+    seed 0 with seed 0 (+10 points); the difference of the means (60 - 60) would hide it."""
+    from nnunet_ext.benchmark import report
+
+    rows = [dict(trainer=trainer, fraction=0.5, seed=seed, num_labeled=3, case="a", label=1, dice=dice, hd95=2.0)
+            for trainer, seed, dice in (("base", 0, 0.5), ("base", 1, 0.7), ("method", 0, 0.6))]
+    summary = report.summarise(rows)
+    method = next(s for s in summary if s["trainer"] == "method")
+    base = next(s for s in summary if s["trainer"] == "base")
+    assert report.paired_gain(method, base) == (pytest.approx(0.1), [0])
+    text = report.markdown(summary, ["base", "method"], {1: "liver"}, "base")
+    assert "| base | 60.0 ± 14.1 (seeds 0, 1) |" in text and "| method | 60.0 (seed 0) |" in text
+    assert "| method | +10.0 (seed 0) |" in text
+    no_partner = report.summarise([r for r in rows if r["trainer"] == "base" or r["seed"] == 5]
+                                  + [dict(rows[-1], seed=5)])
+    assert "| method | — |" in report.markdown(no_partner, ["base", "method"], {1: "liver"}, "base")
+
+
 def test_benchmark_work_folder_grows_with_more_fractions_and_seeds(tmp_path):
     import json
 

@@ -44,17 +44,20 @@ def run_means(rows: Sequence[dict]) -> Dict[tuple, dict]:
 def summarise(rows: Sequence[dict]) -> List[dict]:
     """Mean ± std over seeds for every (trainer, fraction), with per-label Dice."""
     runs = run_means(rows)
-    grouped = defaultdict(list)
-    for (trainer, fraction, seed), values in runs.items():
+    grouped, seed_lists = defaultdict(list), defaultdict(list)
+    for (trainer, fraction, seed), values in sorted(runs.items()):
         grouped[(trainer, fraction)].append(values)
+        seed_lists[(trainer, fraction)].append(seed)
     summary = []
     for (trainer, fraction), seeds in grouped.items():
+        seed_ids = seed_lists[(trainer, fraction)]
         dice_mean, dice_std = _mean_std([s["dice"] for s in seeds])
         hd_mean, hd_std = _mean_std([s["hd95"] for s in seeds])
         labels = sorted(seeds[0]["dice_per_label"])
         summary.append({
             "trainer": trainer, "fraction": fraction, "num_labeled": seeds[0]["num_labeled"],
-            "num_seeds": len(seeds), "dice_mean": dice_mean, "dice_std": dice_std,
+            "num_seeds": len(seeds), "seed_dice": {seed: values["dice"] for seed, values in zip(seed_ids, seeds)},
+            "dice_mean": dice_mean, "dice_std": dice_std,
             "hd95_mean": hd_mean, "hd95_std": hd_std,
             "dice_per_label": {label: _mean_std([s["dice_per_label"][label] for s in seeds]) for label in labels},
         })
@@ -88,9 +91,26 @@ def _pm(mean, std, scale=1.0, digits=1):
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
+def paired_gain(method: dict, baseline: dict) -> tuple:
+    """(mean over the seeds both have run of the method's Dice minus the baseline's, those seeds); (nan, []) if
+    they share none. Equal to the difference of the means when both have run the same seeds."""
+    common = sorted(set(method["seed_dice"]) & set(baseline["seed_dice"]))
+    if not common:
+        return math.nan, []
+    return float(np.mean([method["seed_dice"][s] - baseline["seed_dice"][s] for s in common])), common
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(str(s) for s in seeds)
+
+
 def markdown(summary: Sequence[dict], trainers: Sequence[str], label_names: Dict[int, str], baseline: str) -> str:
-    """Tables: Dice (×100) and HD95 (mm) per trainer and labeled fraction, gain over the baseline, per organ."""
+    """Tables: Dice (×100) and HD95 (mm) per trainer and labeled fraction, gain over the baseline, per organ.
+
+    A benchmark run piece by piece can have more seeds of one trainer than of another: cells then name their
+    number of seeds, and gains compare the seeds both trainers have run (paired)."""
     by_key = {(s["trainer"], s["fraction"]): s for s in summary}
+    uneven = len({s["num_seeds"] for s in summary}) > 1
     fractions = sorted({s["fraction"] for s in summary})
     header = "| trainer | " + " | ".join(
         f"{f:.0%} ({by_key[next(k for k in by_key if k[1] == f)]['num_labeled']} labeled)" for f in fractions) + " |"
@@ -98,19 +118,24 @@ def markdown(summary: Sequence[dict], trainers: Sequence[str], label_names: Dict
     lines = ["Mean Dice over organs and test cases (×100), mean ± std over seeds (no ± with one seed):", "",
              header, rule]
     for t in trainers:
-        cells = [_pm(by_key[(t, f)]["dice_mean"], by_key[(t, f)]["dice_std"], 100) if (t, f) in by_key else "—"
-                 for f in fractions]
+        cells = [_pm(by_key[(t, f)]["dice_mean"], by_key[(t, f)]["dice_std"], 100)
+                 + (f" ({_seeds(sorted(by_key[(t, f)]['seed_dice']))})" if uneven else "") if (t, f) in by_key
+                 else "—" for f in fractions]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
-    lines += ["", f"Gain over {baseline} in Dice points (difference of the means):", "", header, rule]
+    lines += ["", f"Gain over {baseline} in Dice points (mean over seeds of the paired difference; the seeds are "
+              f"named where either trainer has run others too):", "", header, rule]
     for t in trainers:
         if t == baseline:
             continue
         cells = []
         for f in fractions:
-            if (t, f) in by_key and (baseline, f) in by_key:
-                cells.append(f"{100 * (by_key[(t, f)]['dice_mean'] - by_key[(baseline, f)]['dice_mean']):+.1f}")
-            else:
+            gain, common = (paired_gain(by_key[(t, f)], by_key[(baseline, f)])
+                            if (t, f) in by_key and (baseline, f) in by_key else (math.nan, []))
+            if not common:
                 cells.append("—")
+                continue
+            seen = max(by_key[(t, f)]["num_seeds"], by_key[(baseline, f)]["num_seeds"])
+            cells.append(f"{100 * gain:+.1f}" + (f" ({_seeds(common)})" if len(common) < seen else ""))
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     lines += ["", "HD95 (mm) over organs and test cases, mean ± std over seeds (cases where an organ is missed "
               "in the prediction have no HD95 and are left out; their Dice of 0 counts above):", "", header, rule]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from importlib import resources
+from typing import Sequence
 
 from nnunet_ext.errors import UserInputError, run_cli
 
@@ -186,11 +187,15 @@ class Benchmark:
         return matched_epochs(self.settings["epochs"], ratio), ratio
 
     def pretrain(self, method: dict) -> tuple:
-        """Pretrain once (fold 'all', same step budget as one run) on the pool; returns (checkpoint, seconds)."""
+        """Pretrain once (fold 'all', same step budget as one run) on the pool; returns (checkpoint, seconds).
+
+        One pretraining per pretraining trainer, in its own results folder: every method that fine-tunes from
+        it (e.g. plain nnU-Net and the combined trainer from Volume Fusion) starts from the same weights, and
+        seconds is None when an earlier run already made them."""
         from nnunet_ext.benchmark.budget import recorded_budget, step_budget
 
         s = self.settings
-        trainer, root = method["pretrain"], self.results_root(method)
+        trainer, root = method["pretrain"], os.path.join(self.work, "results_pretraining")
         checkpoint = os.path.join(root, self.dataset, f"{trainer}__nnUNetPlans__{s['configuration']}", "fold_all",
                                   "checkpoint_final.pth")
         seconds = None
@@ -199,12 +204,12 @@ class Benchmark:
                                  f"a {trainer} pretraining run ({os.path.dirname(checkpoint)})")
         if not os.path.isfile(checkpoint):
             self.command([_bin("nnUNetv2_ext_prepare_pretraining"), "-d", DATASET_ID, "-c", s["configuration"],
-                          "-np", 2], f"prepare_pretraining__{method_name(method)}.log")
+                          "-np", 2], f"prepare_pretraining__{trainer}.log")
             seconds = self.command(
                 [sys.executable, "-m", "nnunet_ext.benchmark.train", DATASET_ID, s["configuration"], "all", "-tr",
                  trainer, "--epochs", s["epochs"], "--iterations", s["iterations"], "--val-iterations",
                  s["val_iterations"], "--seed", 0, "-device", self.device],
-                f"pretrain__{method_name(method)}.log", training=True, results=root)
+                f"pretrain__{trainer}.log", training=True, results=root)
         return checkpoint, seconds
 
     def refuse_other_budget(self, recorded: dict, expected: dict, what: str):
@@ -258,8 +263,8 @@ class Benchmark:
             predict.append("--disable_tta")
         predict_seconds = self.command(predict, f"predict__{name}__fold{fold}.log", results=root)
         result = dict(entry, trainer=name, train_seconds=train_seconds, predict_seconds=predict_seconds,
-                      pretrain_seconds=pretrain_seconds, epochs=epochs, time_ratio=time_ratio, budget=budget,
-                      cases=self.evaluate(predictions))
+                      pretrain=method.get("pretrain"), pretrain_seconds=pretrain_seconds, epochs=epochs,
+                      time_ratio=time_ratio, budget=budget, cases=self.evaluate(predictions))
         with open(metrics_file + ".tmp", "w") as f:
             json.dump(result, f, indent=1)
         os.replace(metrics_file + ".tmp", metrics_file)
@@ -285,7 +290,7 @@ class Benchmark:
         return cases
 
     # ------------------------------------------------------------ report
-    def report(self, results: list) -> str:
+    def report(self, results: list, missing: Sequence[str] = ()) -> str:
         from nnunet_ext.benchmark import report
 
         with open(os.path.join(self.paths["raw"], self.dataset, "dataset.json")) as f:
@@ -301,6 +306,8 @@ class Benchmark:
         report.write_summary_csv(summary, label_names, os.path.join(out, "results_summary.csv"))
         text = report.markdown(summary, trainers, label_names, baseline)
         text += "\n" + self.cost_table(results, trainers, baseline)
+        if missing:
+            text += f"\nNot finished yet, so not in these tables: {'; '.join(missing)}.\n"
         with open(os.path.join(out, "results.md"), "w") as f:
             f.write(text)
         report.plot(summary, trainers, os.path.join(out, "dice_vs_fraction.png"),
@@ -326,9 +333,13 @@ class Benchmark:
                              f"of the common budget's, i.e. {r['time_ratio']:.2f}× the steps: the baseline given the "
                              f"training time of the method it names (ratio of median epoch times of the two runs). "
                              f"Its row is the equal-wall-clock comparison; every other row compares at equal steps.")
-        pretraining = {r["trainer"]: r["pretrain_seconds"] for r in results if r.get("pretrain_seconds")}
-        for t, value in pretraining.items():
-            lines.append(f"\n{t}: plus one pretraining run of {value:.0f} s, shared by all its fine-tuning runs.")
+        for pretrainer in sorted({r["pretrain"] for r in results if r.get("pretrain")}):
+            runs = [r for r in results if r.get("pretrain") == pretrainer]
+            seconds = [r["pretrain_seconds"] for r in runs if r.get("pretrain_seconds")]
+            names = ", ".join(dict.fromkeys(r["trainer"] for r in runs))
+            took = f" of {seconds[0]:.0f} s" if seconds else ""
+            lines.append(f"\n{names}: plus one {pretrainer} pretraining run{took}, shared by all these fine-tuning "
+                         f"runs.")
         return "\n".join(lines) + "\n"
 
     def lock(self):
@@ -372,6 +383,41 @@ class Benchmark:
                 results.append(self.run_one(method, entry))
         return self.report(results)
 
+    def report_finished(self) -> str:
+        """The report of the runs this work folder has finished, without generating, training or predicting
+        anything (a benchmark run piece by piece can be looked at while it goes on). Lists what is missing."""
+        from nnunet_ext.benchmark.budget import recorded_budget, step_budget
+
+        manifest_file = os.path.join(self.work, "splits_manifest.json")
+        if not os.path.isfile(manifest_file):
+            raise UserInputError(f"{self.work} holds no benchmark (no splits_manifest.json): run "
+                                 f"nnUNetv2_ext_benchmark without --report-only first.")
+        s = self.settings
+        with open(manifest_file) as f:
+            manifest = [e for e in json.load(f) if e["fraction"] in s["fractions"] and e["seed"] in s["seeds"]]
+        results, missing = [], []
+        made = {(e["fraction"], e["seed"]) for e in manifest}
+        missing += [f"every trainer at {fraction:.0%} seed {seed} (no fold yet)" for fraction in s["fractions"]
+                    for seed in s["seeds"] if (fraction, seed) not in made]
+        for entry in manifest:
+            for method in self.trainers:
+                name = method_name(method)
+                metrics_file = os.path.join(self.work, "metrics", f"{name}__fold{entry['fold']}.json")
+                if not os.path.isfile(metrics_file):
+                    missing.append(f"{name} {entry['fraction']:.0%} seed {entry['seed']}")
+                    continue
+                with open(metrics_file) as f:
+                    cached = json.load(f)
+                # an equal-wall-clock row has its own epoch count; the steps per epoch are common
+                epochs = cached["epochs"] if method.get("same_time_as") else s["epochs"]
+                recorded = cached.get("budget") or recorded_budget(self.output_folder(method, entry["fold"]))
+                self.refuse_other_budget(recorded, step_budget(epochs, s["iterations"], s["val_iterations"]),
+                                         f"a finished run of {name} on fold {entry['fold']}")
+                results.append(cached)
+        if not results:
+            raise UserInputError(f"No run of these settings has finished in {self.work} yet; nothing to report.")
+        return self.report(results, missing)
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
@@ -388,6 +434,9 @@ def main(argv=None):
                         help="work folder (default: work_data/benchmark_quick or work_data/benchmark_full)")
     parser.add_argument("-tr", "--trainers", nargs="+", default=None,
                         help="only these trainers (default: all in methods.json)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from the runs already finished in the work folder and list the "
+                             "missing ones; generates, trains and predicts nothing (safe while a benchmark runs)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"))
     parser.add_argument("--num-proc-DA", type=int, default=2, help="augmentation workers per training run")
     for key, kind in (("num_train", int), ("num_val", int), ("num_test", int), ("num_unlabeled", int),
@@ -415,8 +464,9 @@ def main(argv=None):
             settings["tta"] = args.tta == "on"
         methods = benchmark_methods()
         if args.quick and not args.trainers:
-            # quick runs are dominated by start-up and final validation: their times say nothing per step
-            methods = [m for m in methods if not m.get("same_time_as")]
+            # quick runs are dominated by start-up and final validation: their times say nothing per step; and
+            # entries marked "quick": false would push it past its 15 minutes
+            methods = [m for m in methods if not m.get("same_time_as") and m.get("quick", True)]
         if args.trainers:
             known = {method_name(t): t for t in methods}
             unknown = [t for t in args.trainers if t not in known]
@@ -425,7 +475,8 @@ def main(argv=None):
             methods = [known[t] for t in args.trainers]
         work = args.work or os.path.join("work_data", f"benchmark_{mode}")
         print(f"nnunet-ext benchmark ({mode}) in {os.path.abspath(work)} with {json.dumps(settings)}")
-        text = Benchmark(work, settings, methods, args.device, args.num_proc_DA).run()
+        benchmark = Benchmark(work, settings, methods, args.device, args.num_proc_DA)
+        text = benchmark.report_finished() if args.report_only else benchmark.run()
         print(text)
         print(f"Tables, CSVs and the plot are in {os.path.join(os.path.abspath(work), 'report')}")
 

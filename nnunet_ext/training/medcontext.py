@@ -38,10 +38,13 @@ _CONTEXT_LOSSES = {"mse": softmax_mse, "kl": softmax_kl}
 _REGION_CONTEXT_LOSSES = {"mse": sigmoid_mse}
 
 
-class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
-    """MedContext with block masking (ratio 0.4), EMA teacher, MSE context loss (methods.md section 1)."""
+class MaskedInputMixin:
+    """MedContext's input masking and context-term settings, shared by its trainers and the combined one.
 
-    # masking
+    Needs an nnU-Net trainer (``configuration_manager``, ``label_manager``, ``global_step``) and a
+    ``total_steps`` property. The learnable mask value is registered by the trainer as ``mask_value``.
+    """
+
     mask_mode = "block"                  # "block", "tube" or "organ"
     mask_ratio = 0.4
     mask_cell_divisor = 8                # cube edge = patch edge / 8 ...
@@ -49,14 +52,73 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
     tube_axis = 0                        # nnU-Net's first spatial axis (usually the out-of-plane one)
     organ_mask_probability = 0.5
     organ_mask_dilation = 3
-    # "duplicate": every sample is seen clean and masked (faithful); "half": the second half of the batch is
-    # masked instead of duplicating it (economical variant)
-    masked_batch = "duplicate"
-    # context term
-    use_teacher = True
     context_loss = "mse"                 # "mse" or "kl"
     context_weight = 1.0                 # lambda
     context_rampup_fraction = 0.2        # Gaussian ramp over this fraction of all iterations
+
+    masking_hyperparameter_names = ("mask_mode", "mask_ratio", "mask_cell_divisor", "mask_min_cell_edge",
+                                    "tube_axis", "organ_mask_probability", "organ_mask_dilation", "context_loss",
+                                    "context_weight", "context_rampup_fraction")
+
+    def masking_hyperparameters(self) -> dict:
+        hyperparameters = {name: getattr(self, name) for name in self.masking_hyperparameter_names}
+        hyperparameters["mask_cell_size"] = list(self.mask_cell_size)
+        return hyperparameters
+
+    @property
+    def mask_cell_size(self):
+        return default_cell_size(self.configuration_manager.patch_size, self.mask_cell_divisor,
+                                 self.mask_min_cell_edge)
+
+    def _check_masking_config(self):
+        try:
+            check_mask_config(self.configuration_manager.patch_size, self.mask_cell_size, self.mask_ratio)
+        except ValueError as e:
+            raise UserInputError(f"{self.__class__.__name__}, configuration '{self.configuration_name}': {e}") \
+                from None
+        if self.mask_mode not in ("block", "tube", "organ"):
+            raise UserInputError(f"{self.__class__.__name__}: mask_mode must be 'block', 'tube' or 'organ', "
+                                 f"not {self.mask_mode!r}.")
+        if self.context_loss not in _CONTEXT_LOSSES:
+            raise UserInputError(f"{self.__class__.__name__}: context_loss must be one of "
+                                 f"{sorted(_CONTEXT_LOSSES)}, not {self.context_loss!r}.")
+        if self.label_manager.has_regions:
+            if self.context_loss not in _REGION_CONTEXT_LOSSES:
+                raise UserInputError(f"{self.__class__.__name__}: context loss '{self.context_loss}' is not "
+                                     f"defined for region-based training; use nnUNetTrainerMedContext.")
+            if self.mask_mode == "organ":
+                raise UserInputError(f"{self.__class__.__name__}: organ masking needs a label map, but this "
+                                     f"dataset trains on regions; use nnUNetTrainerMedContext.")
+
+    def draw_mask(self, data: torch.Tensor, target) -> torch.Tensor:
+        """Boolean mask (B, 1, *spatial), True = hidden, drawn independently per sample."""
+        batch_size, spatial = data.shape[0], tuple(data.shape[2:])
+        if self.mask_mode == "block":
+            return block_mask(batch_size, spatial, self.mask_cell_size, self.mask_ratio, device=data.device)
+        if self.mask_mode == "tube":
+            return tube_mask(batch_size, spatial, self.mask_cell_size, self.mask_ratio, axis=self.tube_axis,
+                             device=data.device)
+        return mixed_organ_block_mask(full_resolution(target), self.mask_cell_size, self.mask_ratio,
+                                      self.organ_mask_probability, dilation=self.organ_mask_dilation,
+                                      ignore_label=self.label_manager.ignore_label)
+
+    def context_weight_now(self) -> float:
+        ramp_steps = int(self.context_rampup_fraction * self.total_steps)
+        return self.context_weight * gaussian_rampup(self.global_step, ramp_steps)
+
+    def context_loss_value(self, student_masked: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """The context term between full-resolution student (masked input) and teacher (clean input) logits."""
+        losses = _REGION_CONTEXT_LOSSES if self.label_manager.has_regions else _CONTEXT_LOSSES
+        return losses[self.context_loss](student_masked, teacher)
+
+
+class nnUNetTrainerMedContext(MaskedInputMixin, nnUNetTrainerExtBase):
+    """MedContext with block masking (ratio 0.4), EMA teacher, MSE context loss (methods.md section 1)."""
+
+    # "duplicate": every sample is seen clean and masked (faithful); "half": the second half of the batch is
+    # masked instead of duplicating it (economical variant)
+    masked_batch = "duplicate"
+    use_teacher = True
     teacher_momentum_base = 0.996
     teacher_momentum_final = 1.0
 
@@ -64,19 +126,10 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
     extra_plot_name = "progress_medcontext.png"
 
     def method_hyperparameters(self) -> dict:
-        names = ("mask_mode", "mask_ratio", "mask_cell_divisor", "mask_min_cell_edge", "tube_axis",
-                 "organ_mask_probability", "organ_mask_dilation", "masked_batch", "use_teacher",
-                 "context_loss", "context_weight", "context_rampup_fraction", "teacher_momentum_base",
-                 "teacher_momentum_final")
-        hyperparameters = {name: getattr(self, name) for name in names}
-        hyperparameters["mask_cell_size"] = list(self.mask_cell_size)
+        names = ("masked_batch", "use_teacher", "teacher_momentum_base", "teacher_momentum_final")
+        hyperparameters = {**self.masking_hyperparameters(), **{name: getattr(self, name) for name in names}}
         hyperparameters["student_passes"] = "concatenated" if self.concatenate_student_passes else "separate"
         return hyperparameters
-
-    @property
-    def mask_cell_size(self):
-        return default_cell_size(self.configuration_manager.patch_size, self.mask_cell_divisor,
-                                 self.mask_min_cell_edge)
 
     @property
     def total_steps(self) -> int:
@@ -96,24 +149,7 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
         self.add_extra_parameters_to_optimizer()
 
     def _check_method_config(self):
-        try:
-            check_mask_config(self.configuration_manager.patch_size, self.mask_cell_size, self.mask_ratio)
-        except ValueError as e:
-            raise UserInputError(f"{self.__class__.__name__}, configuration '{self.configuration_name}': {e}") \
-                from None
-        if self.mask_mode not in ("block", "tube", "organ"):
-            raise UserInputError(f"{self.__class__.__name__}: mask_mode must be 'block', 'tube' or 'organ', "
-                                 f"not {self.mask_mode!r}.")
-        if self.context_loss not in _CONTEXT_LOSSES:
-            raise UserInputError(f"{self.__class__.__name__}: context_loss must be one of "
-                                 f"{sorted(_CONTEXT_LOSSES)}, not {self.context_loss!r}.")
-        if self.label_manager.has_regions:
-            if self.context_loss not in _REGION_CONTEXT_LOSSES:
-                raise UserInputError(f"{self.__class__.__name__}: context loss '{self.context_loss}' is not "
-                                     f"defined for region-based training; use nnUNetTrainerMedContext.")
-            if self.mask_mode == "organ":
-                raise UserInputError(f"{self.__class__.__name__}: organ masking needs a label map, but this "
-                                     f"dataset trains on regions; use nnUNetTrainerMedContext.")
+        self._check_masking_config()
         if self.masked_batch not in ("duplicate", "half"):
             raise UserInputError(f"{self.__class__.__name__}: masked_batch must be 'duplicate' or 'half'.")
         if self.masked_batch == "half" and self.configuration_manager.batch_size < 2:
@@ -137,22 +173,6 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
             self.teacher.eval()
 
     # ---------------------------------------------------------------- one step
-    def draw_mask(self, data: torch.Tensor, target) -> torch.Tensor:
-        """Boolean mask (B, 1, *spatial), True = hidden, drawn independently per sample."""
-        batch_size, spatial = data.shape[0], tuple(data.shape[2:])
-        if self.mask_mode == "block":
-            return block_mask(batch_size, spatial, self.mask_cell_size, self.mask_ratio, device=data.device)
-        if self.mask_mode == "tube":
-            return tube_mask(batch_size, spatial, self.mask_cell_size, self.mask_ratio, axis=self.tube_axis,
-                             device=data.device)
-        return mixed_organ_block_mask(full_resolution(target), self.mask_cell_size, self.mask_ratio,
-                                      self.organ_mask_probability, dilation=self.organ_mask_dilation,
-                                      ignore_label=self.label_manager.ignore_label)
-
-    def context_weight_now(self) -> float:
-        ramp_steps = int(self.context_rampup_fraction * self.total_steps)
-        return self.context_weight * gaussian_rampup(self.global_step, ramp_steps)
-
     def teacher_momentum_now(self) -> float:
         return cosine_momentum(self.global_step, self.total_steps, self.teacher_momentum_base,
                                self.teacher_momentum_final)
@@ -201,9 +221,7 @@ class nnUNetTrainerMedContext(nnUNetTrainerExtBase):
                     # always the whole clean batch: in "half" mode the arithmetic counts it so (4/3), and on
                     # the CPU a batch of one falls back to PyTorch's slow native convolution (docs/cost.md)
                     teacher_output = full_resolution(self.teacher(data))[masked_from:]
-                student_masked = full_resolution(output_masked)
-                losses = _REGION_CONTEXT_LOSSES if self.label_manager.has_regions else _CONTEXT_LOSSES
-                loss_context = losses[self.context_loss](student_masked, teacher_output)
+                loss_context = self.context_loss_value(full_resolution(output_masked), teacher_output)
                 loss = loss + weight * loss_context
             else:
                 loss_context = torch.zeros((), device=data.device)

@@ -252,21 +252,37 @@ class nnUNetTrainerSimCVD(nnUNetTrainerExtBase):
         *segmentations, sdm = target
         return (segmentations if self.enable_deep_supervision else segmentations[0]), sdm
 
-    def _student(self, labeled: torch.Tensor, unlabeled: torch.Tensor):
-        """Student outputs and tapped features for both batches:
-        ``(out_l, decoder_l), (out_u, decoder_u, bottleneck_u)``."""
+    def _student(self, labeled: torch.Tensor, unlabeled: torch.Tensor, extra=None):
+        """Student outputs and tapped features for both batches, and the output for an optional extra batch:
+        ``(out_l, decoder_l), (out_u, decoder_u, bottleneck_u), out_extra``."""
         bottleneck_tap, decoder_tap = self._student_taps
         if self.concatenate_student_passes:
-            n = labeled.shape[0]
-            output = self.network(torch.cat([labeled, unlabeled]))
+            n, m = labeled.shape[0], labeled.shape[0] + unlabeled.shape[0]
+            output = self.network(torch.cat([labeled, unlabeled] + ([] if extra is None else [extra])))
             decoder, bottleneck = decoder_tap.pop(), bottleneck_tap.pop()
+            output_extra = None if extra is None else batch_slice(output, m, None)
             return ((batch_slice(output, 0, n), decoder[:n]),
-                    (batch_slice(output, n, None), decoder[n:], bottleneck[n:]))
+                    (batch_slice(output, n, m), decoder[n:m], bottleneck[n:m]), output_extra)
         output_l = self.network(labeled)
         decoder_l = decoder_tap.pop()
         bottleneck_tap.clear()
         output_u = self.network(unlabeled)
-        return (output_l, decoder_l), (output_u, decoder_tap.pop(), bottleneck_tap.pop())
+        decoder_u, bottleneck_u = decoder_tap.pop(), bottleneck_tap.pop()
+        output_extra = None
+        if extra is not None:
+            output_extra = self.network(extra)
+            decoder_tap.clear()
+            bottleneck_tap.clear()
+        return (output_l, decoder_l), (output_u, decoder_u, bottleneck_u), output_extra
+
+    # hooks for trainers that add a term on the labeled batch (nnunet_ext.training.combined)
+    def extra_student_input(self, data: torch.Tensor, target):
+        """Another input batch for the student's forward pass, or None (SimCVD has none)."""
+        return None
+
+    def extra_loss_terms(self, data: torch.Tensor, target, output_extra) -> tuple:
+        """(loss added to SimCVD's or None, {log key: tensor or float}) for the extra batch's output."""
+        return None, {}
 
     def train_step(self, batch: dict) -> dict:
         data = self.to_device(batch["data"], self.device)
@@ -282,7 +298,9 @@ class nnUNetTrainerSimCVD(nnUNetTrainerExtBase):
 
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast_context():
-            (output_l, decoder_l), (output_u, decoder_u, bottleneck_u) = self._student(data, unlabeled)
+            extra_input = self.extra_student_input(data, target)
+            (output_l, decoder_l), (output_u, decoder_u, bottleneck_u), output_extra = self._student(
+                data, unlabeled, extra_input)
             loss_seg = self.loss(output_l, target)
             loss_sdm = sdm_regression_loss(self.heads.sdm(decoder_l), sdm_target, valid)
             with torch.no_grad():
@@ -304,6 +322,9 @@ class nnUNetTrainerSimCVD(nnUNetTrainerExtBase):
             unsupervised = (self.contrast_weight * loss_contrast + self.pairwise_weight * loss_pairwise
                             + self.consistency_weight * loss_consistency)
             loss = loss_seg + self.sdm_weight * loss_sdm + weight * unsupervised
+            extra_loss, extra_values = self.extra_loss_terms(data, target, output_extra)
+            if extra_loss is not None:
+                loss = loss + extra_loss
         self.optimizer_step(loss)
 
         # the decay is indexed by the optimiser steps taken before this update (UA-MT)
@@ -311,12 +332,16 @@ class nnUNetTrainerSimCVD(nnUNetTrainerExtBase):
         ema_update_(self.teacher, self.network, decay)
         ema_update_(self.teacher_heads, self.heads, decay)
         # one device-to-host transfer for all logged values (cast first: autocast may mix dtypes)
-        values = torch.stack([t.detach().float() for t in
-                              (loss, loss_seg, loss_sdm, loss_contrast, loss_pairwise, loss_consistency)])
+        extra_tensors = {k: v for k, v in extra_values.items() if torch.is_tensor(v)}
+        values = torch.stack([t.detach().float() for t in (loss, loss_seg, loss_sdm, loss_contrast, loss_pairwise,
+                                                             loss_consistency, *extra_tensors.values())])
         values = values.cpu().numpy()
-        return {"loss": values[0], "seg": float(values[1]), "sdm": float(values[2]), "contrast": float(values[3]),
-                "pairwise": float(values[4]), "consistency": float(values[5]),
-                "unsupervised_weight": float(weight), "teacher_decay": float(decay)}
+        logged = {"loss": values[0], "seg": float(values[1]), "sdm": float(values[2]), "contrast": float(values[3]),
+                  "pairwise": float(values[4]), "consistency": float(values[5]),
+                  "unsupervised_weight": float(weight), "teacher_decay": float(decay)}
+        logged.update({k: float(v) for k, v in extra_values.items() if not torch.is_tensor(v)})
+        logged.update({k: float(v) for k, v in zip(extra_tensors, values[6:])})
+        return logged
 
 
 class nnUNetTrainerSimCVD_ema999(nnUNetTrainerSimCVD):
