@@ -58,8 +58,9 @@ def train(dataset: str, configuration: str, fold, trainer_name: str, epochs: int
     trainer.num_epochs = epochs
     trainer.num_iterations_per_epoch = iterations
     trainer.num_val_iterations_per_epoch = val_iterations
-    # a killed run resumes from its last checkpoint: about a tenth of the run at most is redone
-    trainer.save_every = max(1, min(50, epochs // 10))
+    # a killed run resumes from its last checkpoint: at most 5 epochs (and a tenth of the run) are redone
+    # (a checkpoint of the benchmark's 3d_small network is about 4 MB)
+    trainer.save_every = max(1, min(5, epochs // 10))
     trainer.print_to_log_file(f"nnunet-ext benchmark budget: {epochs} epochs x {iterations} iterations "
                               f"({epochs * iterations} steps), {val_iterations} validation iterations, seed {seed}")
     random.seed(seed)
