@@ -225,6 +225,23 @@ class Benchmark:
                 f"--epochs/--iterations/--val-iterations it was made with.")
 
     # ------------------------------------------------------------ one run
+    def finished_run(self, method: dict, fold, epochs=None):
+        """The metrics of a finished run of ``method`` on ``fold`` (None if there are none), after checking that
+        it was trained with ``epochs`` epochs of this benchmark's steps (``None``: the epochs it recorded)."""
+        from nnunet_ext.benchmark.budget import recorded_budget, step_budget
+
+        name, s = method_name(method), self.settings
+        metrics_file = os.path.join(self.work, "metrics", f"{name}__fold{fold}.json")
+        if not os.path.isfile(metrics_file):
+            return None
+        with open(metrics_file) as f:
+            cached = json.load(f)
+        expected = step_budget(cached["epochs"] if epochs is None else epochs, s["iterations"], s["val_iterations"])
+        # metrics written before the budget was recorded in them: the run folder's debug.json tells
+        self.refuse_other_budget(cached.get("budget") or recorded_budget(self.output_folder(method, fold)), expected,
+                                 f"a finished run of {name} on fold {fold}")
+        return cached
+
     def run_one(self, method: dict, entry: dict) -> dict:
         """Train, predict and evaluate one (method, fold); cached in ``metrics/``."""
         from nnunet_ext.benchmark.budget import recorded_budget, step_budget
@@ -238,12 +255,8 @@ class Benchmark:
         if method.get("same_time_as"):
             epochs, time_ratio = self.same_time_epochs(method, fold)
         budget = step_budget(epochs, s["iterations"], s["val_iterations"])
-        if os.path.isfile(metrics_file):
-            with open(metrics_file) as f:
-                cached = json.load(f)
-            # metrics written before the budget was recorded in them: the run folder's debug.json tells
-            self.refuse_other_budget(cached.get("budget") or recorded_budget(output), budget,
-                                     f"a finished run of {name} on fold {fold}")
+        cached = self.finished_run(method, fold, epochs)
+        if cached is not None:
             return cached
         self.refuse_other_budget(recorded_budget(output), budget, f"a run of {name} on fold {fold} ({output})")
         train_seconds = pretrain_seconds = None
@@ -386,8 +399,6 @@ class Benchmark:
     def report_finished(self) -> str:
         """The report of the runs this work folder has finished, without generating, training or predicting
         anything (a benchmark run piece by piece can be looked at while it goes on). Lists what is missing."""
-        from nnunet_ext.benchmark.budget import recorded_budget, step_budget
-
         manifest_file = os.path.join(self.work, "splits_manifest.json")
         if not os.path.isfile(manifest_file):
             raise UserInputError(f"{self.work} holds no benchmark (no splits_manifest.json): run "
@@ -401,19 +412,12 @@ class Benchmark:
                     for seed in s["seeds"] if (fraction, seed) not in made]
         for entry in manifest:
             for method in self.trainers:
-                name = method_name(method)
-                metrics_file = os.path.join(self.work, "metrics", f"{name}__fold{entry['fold']}.json")
-                if not os.path.isfile(metrics_file):
-                    missing.append(f"{name} {entry['fraction']:.0%} seed {entry['seed']}")
-                    continue
-                with open(metrics_file) as f:
-                    cached = json.load(f)
-                # an equal-wall-clock row has its own epoch count; the steps per epoch are common
-                epochs = cached["epochs"] if method.get("same_time_as") else s["epochs"]
-                recorded = cached.get("budget") or recorded_budget(self.output_folder(method, entry["fold"]))
-                self.refuse_other_budget(recorded, step_budget(epochs, s["iterations"], s["val_iterations"]),
-                                         f"a finished run of {name} on fold {entry['fold']}")
-                results.append(cached)
+                # an equal-wall-clock row keeps the epoch count it was given; the steps per epoch are common
+                cached = self.finished_run(method, entry["fold"], None if method.get("same_time_as") else s["epochs"])
+                if cached is None:
+                    missing.append(f"{method_name(method)} {entry['fraction']:.0%} seed {entry['seed']}")
+                else:
+                    results.append(cached)
         if not results:
             raise UserInputError(f"No run of these settings has finished in {self.work} yet; nothing to report.")
         return self.report(results, missing)

@@ -19,7 +19,12 @@ def write_checkpoints_atomically(trainer) -> None:
 
     Plain nnU-Net writes checkpoints in place, so a run killed while writing one (a long CPU benchmark is
     stopped and resumed many times) would leave a truncated ``checkpoint_latest.pth`` that cannot resume.
+    nnunet-ext's trainers already write atomically (and name the real file when writing fails).
     """
+    from nnunet_ext.training.base import nnUNetTrainerExtBase
+
+    if isinstance(trainer, nnUNetTrainerExtBase):
+        return
     save = trainer.save_checkpoint
 
     def save_atomically(filename: str) -> None:
