@@ -116,6 +116,12 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
             return
         super().set_deep_supervision_enabled(enabled)
 
+    @property
+    def total_steps(self) -> int:
+        """Optimisation steps of the whole run; schedules (ramp-ups, EMA momentum) are functions of
+        ``global_step / total_steps``."""
+        return self.num_epochs * self.num_iterations_per_epoch
+
     # ---------------------------------------------------------------- hyperparameters
     def method_hyperparameters(self) -> dict:
         """The method's hyperparameters (written to the log, the logger config and every checkpoint)."""

@@ -41,8 +41,8 @@ _REGION_CONTEXT_LOSSES = {"mse": sigmoid_mse}
 class MaskedInputMixin:
     """MedContext's input masking and context-term settings, shared by its trainers and the combined one.
 
-    Needs an nnU-Net trainer (``configuration_manager``, ``label_manager``, ``global_step``) and a
-    ``total_steps`` property. The learnable mask value is registered by the trainer as ``mask_value``.
+    Needs an ``nnUNetTrainerExtBase`` (``configuration_manager``, ``label_manager``, ``global_step``,
+    ``total_steps``). The learnable mask value is registered by the trainer as ``mask_value``.
     """
 
     mask_mode = "block"                  # "block", "tube" or "organ"
@@ -130,10 +130,6 @@ class nnUNetTrainerMedContext(MaskedInputMixin, nnUNetTrainerExtBase):
         hyperparameters = {**self.masking_hyperparameters(), **{name: getattr(self, name) for name in names}}
         hyperparameters["student_passes"] = "concatenated" if self.concatenate_student_passes else "separate"
         return hyperparameters
-
-    @property
-    def total_steps(self) -> int:
-        return self.num_epochs * self.num_iterations_per_epoch
 
     # ---------------------------------------------------------------- set-up
     def initialize(self):

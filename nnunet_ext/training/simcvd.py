@@ -103,10 +103,6 @@ class nnUNetTrainerSimCVD(nnUNetTrainerExtBase):
         return hyperparameters
 
     @property
-    def total_steps(self) -> int:
-        return self.num_epochs * self.num_iterations_per_epoch
-
-    @property
     def unlabeled_batch_size(self) -> int:
         return max(1, int(round(self.unlabeled_batch_ratio * self.batch_size)))
 
