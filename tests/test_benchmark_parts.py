@@ -270,7 +270,7 @@ def test_one_benchmark_per_work_folder(tmp_path):
     first.lock()
     assert (tmp_path / "benchmark.lock").read_text() == str(os.getpid())
     second = Benchmark(str(tmp_path), {}, [], "cpu", 0)
-    with pytest.raises(UserInputError, match=f"running in the work folder .* \\(process {os.getpid()}\\)"):
+    with pytest.raises(UserInputError, match=f"running in the work folder .* \\(process {os.getpid()}, or a training"):
         second.run()  # refused before data or splits are touched
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == []
     first._lock_file.close()  # what the process's exit does, also when it is killed
@@ -278,6 +278,95 @@ def test_one_benchmark_per_work_folder(tmp_path):
     with open(tmp_path / "benchmark.lock") as f:
         with pytest.raises(BlockingIOError):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+# A stand-in for nnUNetv2_train: a process that starts a worker (like nnU-Net's augmentation workers) and waits.
+_TRAINING_STAND_IN = """
+import subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+open(sys.argv[1], "w").write(str(worker.pid))
+time.sleep(120)
+"""
+
+# Runs the benchmark's command() on the stand-in, holding the work-folder lock like a running benchmark.
+_BENCHMARK_STAND_IN = """
+import signal, sys
+from nnunet_ext.benchmark import run
+signal.signal(signal.SIGTERM, run._exit_on_sigterm)  # what nnUNetv2_ext_benchmark's main() installs
+b = run.Benchmark(sys.argv[1], {}, [], "cpu", 0)
+b.lock()
+b.command([sys.executable, "-c", sys.argv[2], sys.argv[3]], "stand_in.log")
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def _start_benchmark_stand_in(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    worker_pid_file = tmp_path / "worker.pid"
+    benchmark = subprocess.Popen([sys.executable, "-c", _BENCHMARK_STAND_IN, str(tmp_path), _TRAINING_STAND_IN,
+                                  str(worker_pid_file)])
+    for _ in range(300):
+        if worker_pid_file.exists() and worker_pid_file.read_text():
+            return benchmark, int(worker_pid_file.read_text())
+        time.sleep(0.1)
+    benchmark.kill()
+    raise AssertionError("the stand-in training did not start")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc") or os.name != "posix", reason="reads /proc, sends POSIX signals")
+def test_stopping_the_benchmark_stops_its_training_and_workers(tmp_path):
+    import signal
+    import time
+
+    benchmark, worker = _start_benchmark_stand_in(tmp_path)
+    try:
+        assert _alive(worker)
+        benchmark.send_signal(signal.SIGTERM)  # `kill PID`, as a user stops a benchmark running under nohup
+        assert benchmark.wait(timeout=60) == 128 + signal.SIGTERM
+        for _ in range(100):
+            if not _alive(worker):
+                break
+            time.sleep(0.1)
+        assert not _alive(worker), "the training's worker outlived the stopped benchmark"
+    finally:
+        if _alive(worker):
+            os.killpg(os.getpgid(worker), signal.SIGKILL)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc") or os.name != "posix", reason="reads /proc, sends POSIX signals")
+def test_a_training_left_running_keeps_the_work_folder_locked(tmp_path):
+    import signal
+    import time
+
+    from nnunet_ext.benchmark.run import Benchmark
+    from nnunet_ext.errors import UserInputError
+
+    benchmark, worker = _start_benchmark_stand_in(tmp_path)
+    benchmark.kill()  # SIGKILL cannot be caught: the training runs on
+    benchmark.wait(timeout=60)
+    assert _alive(worker)
+    try:
+        with pytest.raises(UserInputError, match="Another nnUNetv2_ext_benchmark is running"):
+            Benchmark(str(tmp_path), {}, [], "cpu", 0).lock()
+    finally:
+        training = os.getpgid(worker)  # the training's own process group (run_child starts a new session)
+        assert training != os.getpgid(0)
+        os.killpg(training, signal.SIGKILL)
+    for _ in range(100):
+        if not _alive(worker):
+            break
+        time.sleep(0.1)
+    Benchmark(str(tmp_path), {}, [], "cpu", 0).lock()  # free again once the training has gone
 
 
 def test_quick_mode_leaves_out_equal_wall_clock_runs_unless_named(monkeypatch, tmp_path):

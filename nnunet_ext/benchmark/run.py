@@ -47,6 +47,48 @@ def method_name(method: dict) -> str:
     return method.get("name", method["trainer"])
 
 
+def run_child(args: list, env: dict, log, pass_fds: tuple = (), grace_seconds: float = 30.0) -> int:
+    """Run a command to completion and return its exit code; stop it, with every process it started, when this
+    process is stopped.
+
+    nnU-Net's training starts augmentation workers. A benchmark stopped with Ctrl-C or ``kill`` would otherwise
+    leave the training running unseen, writing into its results folder. The child runs in a session of its own;
+    on any exception here (KeyboardInterrupt, the SystemExit of SIGTERM) its process group gets SIGTERM, then
+    SIGKILL after ``grace_seconds``, and the exception goes on.
+    """
+    group = hasattr(os, "killpg")
+    process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds,
+                               start_new_session=group)
+    try:
+        return process.wait()
+    except BaseException:
+        _stop(process, group, grace_seconds)
+        raise
+
+
+def _stop(process: subprocess.Popen, group: bool, grace_seconds: float):
+    import signal
+
+    def send(sig):
+        try:
+            os.killpg(process.pid, sig) if group else process.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    send(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        pass
+    send(signal.SIGKILL if group else signal.SIGTERM)  # the workers too, even when the leader has exited
+    process.wait()
+
+
+def _exit_on_sigterm(signum, frame):
+    # turn ``kill PID`` into an exception, so that run_child stops the running training before this process exits
+    sys.exit(128 + signum)
+
+
 def _bin(name: str) -> str:
     return os.path.join(os.path.dirname(sys.executable), name)
 
@@ -83,13 +125,17 @@ class Benchmark:
         log_file = os.path.join(self.work, "logs", log_name)
         start = time.time()
         with open(log_file, "w") as log:
-            result = subprocess.run([str(a) for a in args], env=self.env(training, results), stdout=log,
-                                    stderr=subprocess.STDOUT)
-        if result.returncode != 0:
+            returncode = run_child([str(a) for a in args], self.env(training, results), log, self._held_fds())
+        if returncode != 0:
             tail = open(log_file).read()[-3000:]
-            raise RuntimeError(f"{' '.join(map(str, args))} failed (exit {result.returncode}); log: {log_file}\n"
-                               f"{tail}")
+            raise RuntimeError(f"{' '.join(map(str, args))} failed (exit {returncode}); log: {log_file}\n{tail}")
         return time.time() - start
+
+    def _held_fds(self) -> tuple:
+        # the child shares the work-folder lock: should this process die without stopping it (SIGKILL), no second
+        # benchmark can start a training into the same output folder while it runs on
+        lock_file = getattr(self, "_lock_file", None)
+        return (lock_file.fileno(),) if lock_file is not None and not lock_file.closed else ()
 
     # ------------------------------------------------------------ data
     def prepare_data(self):
@@ -374,7 +420,8 @@ class Benchmark:
             holder = self._lock_file.read().strip() or "unknown"
             self._lock_file.close()
             raise UserInputError(
-                f"Another nnUNetv2_ext_benchmark is running in the work folder {self.work} (process {holder}). "
+                f"Another nnUNetv2_ext_benchmark is running in the work folder {self.work} (process {holder}, or a "
+                f"training it started that still runs). "
                 f"Wait for it to finish (it keeps every finished run), or stop it and run this command again; "
                 f"for a separate benchmark pass another --work folder.") from None
         self._lock_file.seek(0)
@@ -484,6 +531,9 @@ def main(argv=None):
         print(text)
         print(f"Tables, CSVs and the plot are in {os.path.join(os.path.abspath(work), 'report')}")
 
+    import signal
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     run_cli(run, parser.prog)
 
 
