@@ -291,8 +291,8 @@ time.sleep(120)
 # Runs the benchmark's command() on the stand-in, holding the work-folder lock like a running benchmark.
 _BENCHMARK_STAND_IN = """
 import signal, sys
-from nnunet_ext.benchmark import run
-signal.signal(signal.SIGTERM, run._exit_on_sigterm)  # what nnUNetv2_ext_benchmark's main() installs
+from nnunet_ext.benchmark import processes, run
+signal.signal(signal.SIGTERM, processes.exit_on_sigterm)  # what nnUNetv2_ext_benchmark's main() installs
 b = run.Benchmark(sys.argv[1], {}, [], "cpu", 0)
 b.lock()
 b.command([sys.executable, "-c", sys.argv[2], sys.argv[3]], "stand_in.log")

@@ -9,12 +9,12 @@ benchmark's own work folder (its own nnUNet_raw / _preprocessed / _results), nev
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from importlib import resources
 from typing import Sequence
 
+from nnunet_ext.benchmark.processes import exit_on_sigterm, run_child
 from nnunet_ext.errors import UserInputError, run_cli
 
 DATASET_ID = 510
@@ -45,48 +45,6 @@ def benchmark_methods() -> list:
 def method_name(method: dict) -> str:
     """A method's name in tables and file names: ``name`` if given, else the trainer."""
     return method.get("name", method["trainer"])
-
-
-def run_child(args: list, env: dict, log, pass_fds: tuple = (), grace_seconds: float = 30.0) -> int:
-    """Run a command to completion and return its exit code; stop it, with every process it started, when this
-    process is stopped.
-
-    nnU-Net's training starts augmentation workers. A benchmark stopped with Ctrl-C or ``kill`` would otherwise
-    leave the training running unseen, writing into its results folder. The child runs in a session of its own;
-    on any exception here (KeyboardInterrupt, the SystemExit of SIGTERM) its process group gets SIGTERM, then
-    SIGKILL after ``grace_seconds``, and the exception goes on.
-    """
-    group = hasattr(os, "killpg")
-    process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds,
-                               start_new_session=group)
-    try:
-        return process.wait()
-    except BaseException:
-        _stop(process, group, grace_seconds)
-        raise
-
-
-def _stop(process: subprocess.Popen, group: bool, grace_seconds: float):
-    import signal
-
-    def send(sig):
-        try:
-            os.killpg(process.pid, sig) if group else process.send_signal(sig)
-        except ProcessLookupError:
-            pass
-
-    send(signal.SIGTERM)
-    try:
-        process.wait(timeout=grace_seconds)
-    except subprocess.TimeoutExpired:
-        pass
-    send(signal.SIGKILL if group else signal.SIGTERM)  # the workers too, even when the leader has exited
-    process.wait()
-
-
-def _exit_on_sigterm(signum, frame):
-    # turn ``kill PID`` into an exception, so that run_child stops the running training before this process exits
-    sys.exit(128 + signum)
 
 
 def _bin(name: str) -> str:
@@ -533,7 +491,7 @@ def main(argv=None):
 
     import signal
 
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     run_cli(run, parser.prog)
 
 
