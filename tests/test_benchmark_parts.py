@@ -452,3 +452,31 @@ def test_benchmark_training_writes_checkpoints_atomically(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         trainer.save_checkpoint(str(target))
     assert target.read_text() == "half and whole"  # the previous checkpoint is untouched
+
+
+def test_cpu_grid_script_runs_every_method_of_the_full_grid():
+    """scripts/full_cpu_grid.sh names methods by hand: each must exist in methods.json, and together its calls
+    must cover every method at every fraction and seed of the full mode."""
+    import shlex
+    import subprocess
+
+    from nnunet_ext.benchmark.run import MODES, benchmark_methods, method_name
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(["bash", os.path.join(root, "scripts", "full_cpu_grid.sh"), "--dry-run", "WORK"],
+                         capture_output=True, text=True, check=True).stdout
+    covered, report_only = set(), False
+    for line in out.splitlines():
+        args = shlex.split(line)[2:]  # after the date and time
+        assert args[:5] == [".venv/bin/nnUNetv2_ext_benchmark", "-device", "cpu", "--work", "WORK"], line
+        if "--report-only" in args:
+            report_only = True
+            continue
+        fractions = args[args.index("--fractions") + 1:args.index("--seeds")]
+        seeds = args[args.index("--seeds") + 1:args.index("-tr")]
+        covered |= {(m, float(f), int(s)) for m in args[args.index("-tr") + 1:] for f in fractions for s in seeds}
+    known = {method_name(m) for m in benchmark_methods()}
+    assert {m for m, _, _ in covered} == known
+    full = MODES["full"]
+    assert covered == {(m, f, s) for m in known for f in full["fractions"] for s in full["seeds"]}
+    assert report_only and "--report-only" in out.splitlines()[-1]
