@@ -407,6 +407,29 @@ def test_training_curves_from_nnunet_logs(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 0
 
 
+def test_pseudo_dice_table_over_blocks_of_epochs(tmp_path, capsys):
+    from nnunet_ext.benchmark.curves import block_table
+    from nnunet_ext.benchmark.curves import main as curves_main
+
+    epochs = {e: {"pseudo_dice": [0.1 * e, 1.0 - 0.1 * e], "val_loss": float(-e)} for e in range(5)}
+    del epochs[3]["val_loss"]  # an epoch whose validation loss line was not logged
+    lines = block_table(epochs, 2, iterations_per_epoch=250, class_names=["liver", "aorta"]).splitlines()
+    assert lines[0] == "| steps | liver | aorta | mean | val. loss |"
+    # blocks {0, 1}, {2, 3}, {4}: means by hand; the last block is shorter, labeled by its own last epoch
+    assert lines[2:] == ["| 500 | 0.05 | 0.95 | 0.50 | -0.50 |", "| 1,000 | 0.25 | 0.75 | 0.50 | -2.00 |",
+                         "| 1,250 | 0.40 | 0.60 | 0.50 | -4.00 |"]
+    assert block_table(epochs, 5).splitlines()[2] == "| 5 | 0.20 | 0.80 | 0.50 | -1.75 |"
+    with pytest.raises(ValueError, match="3 class names for 2 classes"):
+        block_table(epochs, 2, class_names=["a", "b", "c"])
+    run = tmp_path / "nnUNetTrainerX__nnUNetPlans__3d_small" / "fold_0"
+    run.mkdir(parents=True)
+    (run / "training_log_1.txt").write_text("x: Epoch 0 \nx: val_loss 0.5 \nx: Pseudo dice [np.float32(0.25)] \n")
+    curves_main([str(run), "--table", "10"])
+    assert "| 1 | 0.25 | 0.25 | 0.50 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        curves_main([str(run)])  # neither a plot nor a table asked for
+
+
 def test_curve_legend_names_never_merge_two_runs(tmp_path, monkeypatch):
     from nnunet_ext.benchmark import curves
 

@@ -2,7 +2,7 @@
 
 ``python -m nnunet_ext.benchmark.curves RUN_FOLDER [RUN_FOLDER ...] -o curves.png`` plots, per epoch, the mean
 pseudo Dice over classes, the validation loss and the training loss of each run (a run folder is nnU-Net's
-``fold_X`` folder). Used to look into why a method does or does not beat the baseline.
+``fold_X`` folder); ``--table 10`` prints each run's pseudo Dice per class over blocks of 10 epochs. Used to look into why a method does or does not beat the baseline.
 """
 import argparse
 import glob
@@ -73,6 +73,33 @@ def plot_runs(runs: Dict[str, Dict[int, dict]], path: str, iterations_per_epoch:
     plt.close(fig)
 
 
+def block_table(epochs: Dict[int, dict], every: int, iterations_per_epoch: int = None,
+                class_names: List[str] = None) -> str:
+    """Markdown table of a run: per block of ``every`` consecutive epochs (the last one may be shorter), the mean
+    pseudo Dice of each class, their mean, and the mean validation loss, labeled by the block's last epoch (or
+    step). Block means smooth nnU-Net's pseudo Dice, which is taken on a few validation patches per epoch."""
+    if every < 1:
+        raise ValueError(f"blocks need at least 1 epoch, got {every}")
+    num_classes = len(next(iter(epochs.values()))["pseudo_dice"])
+    names = class_names or [f"class {k + 1}" for k in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for {num_classes} classes in the log")
+    unit = "steps" if iterations_per_epoch else "epochs"
+    lines = ["| " + " | ".join([unit, *names, "mean", "val. loss"]) + " |", "|" + "---|" * (num_classes + 3)]
+    blocks: Dict[int, list] = {}
+    for e in sorted(epochs):
+        blocks.setdefault(e // every, []).append(e)
+    for members in blocks.values():
+        dice = [sum(epochs[e]["pseudo_dice"][k] for e in members) / len(members) for k in range(num_classes)]
+        losses = [epochs[e]["val_loss"] for e in members if "val_loss" in epochs[e]]
+        end = members[-1] + 1
+        label = f"{end * iterations_per_epoch:,}" if iterations_per_epoch else str(end)
+        loss = f"{sum(losses) / len(losses):.2f}" if losses else "n/a"
+        lines.append("| " + " | ".join([label, *(f"{d:.2f}" for d in dice), f"{sum(dice) / num_classes:.2f}",
+                                        loss]) + " |")
+    return "\n".join(lines)
+
+
 def run_labels(folders: List[str]) -> List[str]:
     """Legend names: the trainer of each run, with its fold where trainers repeat, and the whole path where
     even that repeats (runs of the same trainer and fold from two results folders); never two alike."""
@@ -89,7 +116,11 @@ def main(argv: List[str] = None) -> None:
         description="Plot nnU-Net runs' per-epoch mean pseudo Dice, validation and training loss side by side "
                     "from their training logs.")
     parser.add_argument("runs", nargs="+", help="nnU-Net run folders (.../TRAINER__PLANS__CONFIG/fold_X)")
-    parser.add_argument("-o", "--output", required=True, help="PNG to write")
+    parser.add_argument("-o", "--output", default=None, help="PNG to write")
+    parser.add_argument("--table", type=int, default=None, metavar="EPOCHS",
+                        help="print a Markdown table per run: mean pseudo Dice per class over blocks of EPOCHS "
+                             "epochs, and the mean validation loss")
+    parser.add_argument("--class-names", nargs="+", default=None, help="column names of the table's classes")
     parser.add_argument("--iterations", type=int, default=None, help="iterations per epoch: x axis in steps")
     parser.add_argument("--labels", nargs="+", default=None,
                         help="one legend name per run (default: the trainer, and the fold where trainers repeat)")
@@ -97,8 +128,20 @@ def main(argv: List[str] = None) -> None:
     labels = args.labels or run_labels(args.runs)
     if len(labels) != len(args.runs) or len(set(labels)) != len(labels):
         parser.error(f"--labels needs one distinct name per run ({len(args.runs)} runs, got {labels})")
-    plot_runs({label: read_run(r) for label, r in zip(labels, args.runs)}, args.output, args.iterations)
-    print(args.output)
+    if args.output is None and args.table is None:
+        parser.error("nothing to do: pass -o PNG, --table EPOCHS or both")
+    if args.table is not None and args.table < 1:
+        parser.error(f"--table needs at least 1 epoch per block, got {args.table}")
+    runs = {label: read_run(r) for label, r in zip(labels, args.runs)}
+    if args.table is not None:
+        for label, epochs in runs.items():
+            try:
+                print(f"{label}\n\n{block_table(epochs, args.table, args.iterations, args.class_names)}\n")
+            except ValueError as e:
+                parser.error(f"{label}: {e}")
+    if args.output:
+        plot_runs(runs, args.output, args.iterations)
+        print(args.output)
 
 
 if __name__ == "__main__":
