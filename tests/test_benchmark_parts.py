@@ -503,3 +503,28 @@ def test_cpu_grid_script_runs_every_method_of_the_full_grid():
     full = MODES["full"]
     assert covered == {(m, f, s) for m in known for f in full["fractions"] for s in full["seeds"]}
     assert report_only and "--report-only" in out.splitlines()[-1]
+
+
+def test_unfinished_runs_report_how_far_they_got(tmp_path):
+    from nnunet_ext.benchmark.run import Benchmark
+
+    plain = {"trainer": "nnUNetTrainer", "baseline": True}
+    pretrained = {"trainer": "nnUNetTrainer", "pretrain": "nnUNetTrainerVolumeFusion",
+                  "name": "VolumeFusion+nnUNetTrainer"}
+    b = Benchmark(str(tmp_path), dict(configuration="3d_small", epochs=120), [plain, pretrained], "cpu", 0)
+    assert b.progress_note(plain, 1) == "" and b.progress_note(pretrained, 1) == ""
+
+    def log_epochs(folder, n):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "training_log_1.txt"), "w") as f:
+            for e in range(n):
+                f.write(f"x: Epoch {e} \nx: Pseudo dice [np.float32(0.5)] \n")
+            f.write(f"x: Epoch {n} \n")  # started, not finished
+
+    log_epochs(b.output_folder(plain, 1), 15)
+    assert b.progress_note(plain, 1) == " (training: 15 of 120 epochs done)"
+    log_epochs(os.path.join(str(tmp_path), "results_pretraining", b.dataset,
+                            "nnUNetTrainerVolumeFusion__nnUNetPlans__3d_small", "fold_all"), 7)
+    assert b.progress_note(pretrained, 1) == " (pretraining: 7 of 120 epochs done)"
+    log_epochs(b.output_folder(pretrained, 1), 3)
+    assert b.progress_note(pretrained, 1) == " (training: 3 of 120 epochs done)"

@@ -401,6 +401,29 @@ class Benchmark:
                 results.append(self.run_one(method, entry))
         return self.report(results)
 
+    def progress_note(self, method: dict, fold) -> str:
+        """How far an unfinished run has got, from nnU-Net's training logs ('' when it has not started)."""
+        from nnunet_ext.benchmark.curves import read_run
+
+        def epochs_done(folder):
+            try:
+                return max(read_run(folder)) + 1
+            except (FileNotFoundError, ValueError):
+                return 0
+
+        of = "" if method.get("same_time_as") else f" of {self.settings['epochs']}"
+        done = epochs_done(self.output_folder(method, fold))
+        if done:
+            return f" (training: {done}{of} epochs done)"
+        if method.get("pretrain"):
+            pretraining = os.path.join(self.work, "results_pretraining", self.dataset,
+                                       f"{method['pretrain']}__nnUNetPlans__{self.settings['configuration']}",
+                                       "fold_all")
+            done = epochs_done(pretraining)
+            if done:
+                return f" (pretraining: {done} of {self.settings['epochs']} epochs done)"
+        return ""
+
     def report_finished(self) -> str:
         """The report of the runs this work folder has finished, without generating, training or predicting
         anything (a benchmark run piece by piece can be looked at while it goes on). Lists what is missing."""
@@ -420,7 +443,8 @@ class Benchmark:
                 # an equal-wall-clock row keeps the epoch count it was given; the steps per epoch are common
                 cached = self.finished_run(method, entry["fold"], None if method.get("same_time_as") else s["epochs"])
                 if cached is None:
-                    missing.append(f"{method_name(method)} {entry['fraction']:.0%} seed {entry['seed']}")
+                    missing.append(f"{method_name(method)} {entry['fraction']:.0%} seed {entry['seed']}"
+                                   f"{self.progress_note(method, entry['fold'])}")
                 else:
                     results.append(cached)
         if not results:
