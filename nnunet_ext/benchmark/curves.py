@@ -2,7 +2,8 @@
 
 ``python -m nnunet_ext.benchmark.curves RUN_FOLDER [RUN_FOLDER ...] -o curves.png`` plots, per epoch, the mean
 pseudo Dice over classes, the validation loss and the training loss of each run (a run folder is nnU-Net's
-``fold_X`` folder); ``--table 10`` prints each run's pseudo Dice per class over blocks of 10 epochs. Used to look into why a method does or does not beat the baseline.
+``fold_X`` folder); ``--table 10`` prints each run's pseudo Dice per class over blocks of 10 epochs. Used to
+look into why a method does or does not beat the baseline.
 """
 import argparse
 import glob

@@ -190,6 +190,11 @@ class Benchmark:
         ratio = time_ratio(seconds[method_name(reference)], seconds[method_name(baseline)])
         return matched_epochs(self.settings["epochs"], ratio), ratio
 
+    def pretraining_folder(self, method: dict) -> str:
+        """nnU-Net's output folder of the pretraining run that ``method`` fine-tunes from."""
+        return os.path.join(self.work, "results_pretraining", self.dataset,
+                            f"{method['pretrain']}__nnUNetPlans__{self.settings['configuration']}", "fold_all")
+
     def pretrain(self, method: dict) -> tuple:
         """Pretrain once (fold 'all', same step budget as one run) on the pool; returns (checkpoint, seconds).
 
@@ -200,8 +205,7 @@ class Benchmark:
 
         s = self.settings
         trainer, root = method["pretrain"], os.path.join(self.work, "results_pretraining")
-        checkpoint = os.path.join(root, self.dataset, f"{trainer}__nnUNetPlans__{s['configuration']}", "fold_all",
-                                  "checkpoint_final.pth")
+        checkpoint = os.path.join(self.pretraining_folder(method), "checkpoint_final.pth")
         seconds = None
         self.refuse_other_budget(recorded_budget(os.path.dirname(checkpoint)),
                                  step_budget(s["epochs"], s["iterations"], s["val_iterations"]),
@@ -408,7 +412,7 @@ class Benchmark:
         def epochs_done(folder):
             try:
                 return max(read_run(folder)) + 1
-            except (FileNotFoundError, ValueError):
+            except FileNotFoundError:  # no log with a finished epoch yet
                 return 0
 
         of = "" if method.get("same_time_as") else f" of {self.settings['epochs']}"
@@ -416,10 +420,7 @@ class Benchmark:
         if done:
             return f" (training: {done}{of} epochs done)"
         if method.get("pretrain"):
-            pretraining = os.path.join(self.work, "results_pretraining", self.dataset,
-                                       f"{method['pretrain']}__nnUNetPlans__{self.settings['configuration']}",
-                                       "fold_all")
-            done = epochs_done(pretraining)
+            done = epochs_done(self.pretraining_folder(method))
             if done:
                 return f" (pretraining: {done} of {self.settings['epochs']} epochs done)"
         return ""
