@@ -653,6 +653,8 @@ def summarise(args, setup, classes, baseline_trainer, device, step_seconds, memo
         "dataset": setup["dataset_name"], "configuration": setup["configuration"],
         "plans": setup["plans_identifier"],
         "batch_size": int(baseline_trainer.batch_size),
+        # nnU-Net compiles on CUDA unless nnUNet_compile says otherwise; the ratios differ with and without
+        "torch_compile": bool(baseline_trainer._do_i_compile()),
         "patch_size": [int(s) for s in baseline_trainer.configuration_manager.patch_size],
         "steps": args.steps, "warmup": args.warmup, "inference_repeats": args.inference_repeats,
         "seed": args.seed, "baseline": names[0],
@@ -730,7 +732,8 @@ def format_table(results: dict) -> str:
     lines.append("")
     lines.append(f"{results['dataset']} {results['configuration']} ({results['plans']}), batch size "
                  f"{results['batch_size']}, patch {results['patch_size']}, {results['device']['type']} "
-                 f"({results['device']['name']}); medians of {results['steps']} steps after {results['warmup']} "
+                 f"({results['device']['name']}), torch.compile {'on' if results.get('torch_compile') else 'off'}; "
+                 f"medians of {results['steps']} steps after {results['warmup']} "
                  f"warm-up steps, interleaved; ratios relative to {results['baseline']}.")
     if results["memory_definition"]:
         lines.append(f"Peak memory = {results['memory_definition']}")

@@ -13,9 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import torch
 from torch import Tensor, nn
 
 from nnunet_ext.ema import unwrap_module
+
+# Dynamo caches compiled code per class ``forward`` and by default does not guard on module hooks: a network
+# hooked after another network of its class was traced (several trainers in one process, a teacher beside
+# its student) silently reuses that trace and its hooks never run. Guards only protect code traced after this
+# is set, hence at import, before any trainer builds a network. The guards cost a few dictionary checks per call.
+torch._dynamo.config.skip_nnmodule_hook_guards = False
 
 __all__ = ["FeatureTap", "UNetFeatureModules", "locate_unet_features", "last_element", "output_layer"]
 
@@ -35,7 +42,8 @@ class FeatureTap:
             architectures whose features exist only as the input of a layer.
 
     The tap holds a reference to the kept tensor (and so to its autograd graph) until :meth:`pop` takes it.
-    Works through DDP and ``torch.compile`` wrappers, since the hook sits on the inner module.
+    Works through DDP and ``torch.compile`` wrappers, since the hook sits on the inner module (importing this
+    module turns on Dynamo's hook guards, see above).
     """
 
     def __init__(self, module: nn.Module, select: Optional[Callable] = None, read_input: bool = False):
@@ -151,7 +159,8 @@ def locate_unet_features(network: nn.Module) -> UNetFeatureModules:
             f"{name} does not have the U-Net layout of dynamic-network-architectures: it lacks "
             f"{', '.join(missing)}. SimCVD reads the bottleneck (encoder output) and the last decoder stage "
             f"(input of the segmentation layer) there; use a plans file with PlainConvUNet or "
-            f"ResidualEncoderUNet, a Primus variant of the trainer, or add an adapter for {name} in nnunet_ext/feature_taps.py.")
+            f"ResidualEncoderUNet, a Primus variant of the trainer, or add an adapter for {name} in "
+            f"nnunet_ext/feature_taps.py.")
     seg_layer = decoder.seg_layers[-1]
     decoder_channels = getattr(seg_layer, "in_channels", None)
     if decoder_channels is None:

@@ -63,6 +63,7 @@ def test_records_the_setup(short_run):
     results, _, ds = short_run
     assert results["dataset"] == ds["dataset_name"] and results["configuration"] == CONFIG
     assert results["device"]["type"] == "cpu"
+    assert results["torch_compile"] is False  # nnU-Net never compiles on the CPU
     assert results["batch_size"] >= 1 and len(results["patch_size"]) == 3
     assert results["steps"] == 3 and results["warmup"] == 1 and results["inference_repeats"] == 1
     assert {"torch", "nnunetv2"} <= set(results["versions"])
@@ -74,6 +75,7 @@ def test_prints_table_and_leaves_user_results_alone(short_run):
     _, out, ds = short_run
     lines = [line for line in out.splitlines() if line.startswith("| nnUNetTrainer")]
     assert len(lines) == 3
+    assert "torch.compile off" in out
     assert os.listdir(ds["user_results"]) == []
     assert ds["environment_restored"]
 

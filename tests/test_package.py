@@ -139,3 +139,27 @@ def test_preset_for_raw_but_unplanned_dataset(tiny_planned_dataset, tmp_path):
     assert result.returncode == 2
     assert "has not been planned and preprocessed yet" in result.stderr
     assert "nnUNetv2_plan_and_preprocess -d 502" in result.stderr
+
+
+def test_cuda_check_script_covers_every_benchmark_trainer():
+    """scripts/cuda_check.sh (run by hand on a GPU) must train a short variant of every trainer the benchmark
+    compares, and each variant it names must exist in its trainer folder."""
+    import importlib.util
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "scripts", "cuda_check.sh")
+    subprocess.run(["bash", "-n", script], check=True)
+    module_file = os.path.join(root, "scripts", "cuda_check_trainers", "nnunet_ext_cuda_check_trainers.py")
+    spec = importlib.util.spec_from_file_location("cuda_check_trainers", module_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with open(os.path.join(root, "nnunet_ext", "benchmark", "methods.json")) as f:
+        entries = json.load(f)["trainers"]
+    needed = {e["trainer"] for e in entries} | {e["pretrain"] for e in entries if "pretrain" in e}
+    with open(script) as f:
+        named = set(re.findall(r"\b(nnUNetTrainer\w*)_cudaCheck\b", f.read()))
+    assert needed <= named, f"cuda_check.sh does not train {sorted(needed - named)}"
+    for name in named:
+        variant = getattr(module, f"{name}_cudaCheck")
+        assert variant.__mro__[2].__name__ == name and variant.__mro__[1] is module.CudaCheckBudget

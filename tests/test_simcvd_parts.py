@@ -90,6 +90,33 @@ def test_taps_through_torch_compile_and_deep_supervision():
     assert torch.allclose(decoder_tap.pop(), expected_decoder, atol=1e-5)
 
 
+def test_tap_runs_when_hooked_after_a_network_of_its_class_ran_compiled(monkeypatch):
+    """Found on a GPU: the cost benchmark builds several trainers in one process; SimCVD's teacher reused the code
+    Dynamo had traced for an unhooked network of the same class, and its taps stayed empty. Dynamo's hook guards
+    protect only code traced after they are on, so importing the taps module must turn them on."""
+    import importlib
+
+    import nnunet_ext.feature_taps as feature_taps
+
+    monkeypatch.setattr(torch._dynamo.config, "skip_nnmodule_hook_guards", True)  # torch's default
+    importlib.reload(feature_taps)
+    assert torch._dynamo.config.skip_nnmodule_hook_guards is False
+    torch._dynamo.reset()
+    first, hooked = _unet(3).eval(), _unet(3).eval()
+    x = torch.randn(1, 1, 8, 16, 16)
+    try:
+        with torch.no_grad():
+            torch.compile(first, backend="eager")(x)
+            bottleneck_tap, decoder_tap = locate_unet_features(hooked).taps()
+            torch.compile(hooked, backend="eager")(x)
+            expected_bottleneck, expected_decoder = _independent_features(hooked, x)
+        assert bottleneck_tap.output is not None and decoder_tap.output is not None, "a hook did not run"
+        assert torch.allclose(bottleneck_tap.pop(), expected_bottleneck, atol=1e-5)
+        assert torch.allclose(decoder_tap.pop(), expected_decoder, atol=1e-5)
+    finally:
+        torch._dynamo.reset()
+
+
 def test_tap_keeps_the_graph_for_gradients():
     net = _unet(3).train()
     _, decoder_tap = locate_unet_features(net).taps()
