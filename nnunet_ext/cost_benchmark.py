@@ -653,8 +653,8 @@ def summarise(args, setup, classes, baseline_trainer, device, step_seconds, memo
         "dataset": setup["dataset_name"], "configuration": setup["configuration"],
         "plans": setup["plans_identifier"],
         "batch_size": int(baseline_trainer.batch_size),
-        # nnU-Net compiles on CUDA unless nnUNet_compile says otherwise; the ratios differ with and without
-        "torch_compile": bool(baseline_trainer._do_i_compile()),
+        # what initialize() did (nnU-Net compiles on CUDA unless nnUNet_compile says otherwise)
+        "torch_compile": isinstance(baseline_trainer.network, torch._dynamo.eval_frame.OptimizedModule),
         "patch_size": [int(s) for s in baseline_trainer.configuration_manager.patch_size],
         "steps": args.steps, "warmup": args.warmup, "inference_repeats": args.inference_repeats,
         "seed": args.seed, "baseline": names[0],
