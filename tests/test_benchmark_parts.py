@@ -486,12 +486,13 @@ def test_cpu_grid_script_runs_every_method_of_the_full_grid():
     from nnunet_ext.benchmark.run import MODES, benchmark_methods, method_name
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(["bash", os.path.join(root, "scripts", "full_cpu_grid.sh"), "--dry-run", "WORK"],
+    out = subprocess.run(["bash", os.path.join(root, "scripts", "full_cpu_grid.sh"), "--dry-run", "WORK", "ARCHIVE"],
                          capture_output=True, text=True, check=True).stdout
     covered, report_only = set(), False
     for line in out.splitlines():
         args = shlex.split(line)[2:]  # after the date and time
-        assert args[:5] == [".venv/bin/nnUNetv2_ext_benchmark", "-device", "cpu", "--work", "WORK"], line
+        assert args[:7] == [".venv/bin/nnUNetv2_ext_benchmark", "-device", "cpu", "--work", "WORK", "--archive",
+                            "ARCHIVE"], line
         if "--report-only" in args:
             report_only = True
             continue
@@ -528,3 +529,71 @@ def test_unfinished_runs_report_how_far_they_got(tmp_path):
     assert b.progress_note(pretrained, 1) == " (pretraining: 7 of 120 epochs done)"
     log_epochs(b.output_folder(pretrained, 1), 3)
     assert b.progress_note(pretrained, 1) == " (training: 3 of 120 epochs done)"
+
+
+def test_archive_merges_folds_only_when_one_list_begins_the_other(tmp_path):
+    from nnunet_ext.benchmark import archive
+
+    assert archive.merge_folds([1, 2], [1, 2, 3]) == [1, 2, 3]
+    assert archive.merge_folds([1, 2, 3], []) == [1, 2, 3]
+    with pytest.raises(archive.ArchiveMismatchError, match="fold 1 differs"):
+        archive.merge_folds([1, 5], [1, 2, 3])
+    settings = dict(num_train=60, shape=(40, 80, 80), configuration="3d_small", iterations=100, epochs=120)
+    archive.check_settings(str(tmp_path), settings)
+    archive.check_settings(str(tmp_path), dict(settings, epochs=60))  # a run's epochs are checked per run
+    with pytest.raises(archive.ArchiveMismatchError, match="shape \\[40, 80, 80\\] there, \\[32, 64, 64\\] here"):
+        archive.check_settings(str(tmp_path), dict(settings, shape=(32, 64, 64)))
+
+
+def test_archived_runs_carry_a_benchmark_over_to_a_new_work_folder(tmp_path):
+    """A benchmark whose work folder is lost goes on from its archive: the finished runs (metrics, training logs,
+    folds) are restored, reported and never trained again, and equal-wall-clock budgets still find epoch times."""
+    import json
+
+    from nnunet_ext.benchmark.run import Benchmark, benchmark_methods, method_name
+    from nnunet_ext.errors import UserInputError
+
+    methods = {method_name(m): m for m in benchmark_methods()}
+    plain, medcontext = methods["nnUNetTrainer"], methods["nnUNetTrainerMedContext"]
+    settings = dict(configuration="3d_small", epochs=4, iterations=10, val_iterations=2, num_val=2,
+                    fractions=(0.5,), seeds=(0,), shape=(8, 8, 8))
+    store = str(tmp_path / "archive")
+    first = Benchmark(str(tmp_path / "first"), settings, [plain, medcontext], "cpu", 0, archive=store)
+    first.restore_archive()  # an empty archive restores nothing
+    raw = tmp_path / "first" / "raw" / first.dataset
+    (raw / "labelsTr").mkdir(parents=True)
+    for case in IDS[:6]:
+        (raw / "labelsTr" / f"{case}.nii.gz").touch()
+    (raw / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
+    (tmp_path / "first" / "preprocessed" / first.dataset).mkdir(parents=True)
+    entry = first.write_splits()[0]
+    budget = dict(num_epochs=4, num_iterations_per_epoch=10, num_val_iterations_per_epoch=2)
+    for method, mean_dice, epoch_time in ((plain, 0.5, 10.0), (medcontext, 0.7, 25.0)):
+        output = first.output_folder(method, entry["fold"])
+        os.makedirs(output)
+        with open(os.path.join(output, "training_log_1.txt"), "w") as f:
+            f.write("".join(f"x: Epoch {e} \nx: Epoch time: {epoch_time} s \n" for e in range(4)))
+        with open(os.path.join(first.work, "metrics", first.run_name(method, entry["fold"]) + ".json"), "w") as f:
+            json.dump(dict(entry, trainer=method_name(method), train_seconds=40 * epoch_time, budget=budget,
+                           epochs=4, cases={"c1": {"1": {"dice": mean_dice, "hd95": 1.0}}}), f)
+        first.keep_run(method, entry["fold"])
+    assert sorted(os.listdir(os.path.join(store, "metrics"))) == ["nnUNetTrainerMedContext__fold0.json",
+                                                                  "nnUNetTrainer__fold0.json"]
+    assert os.listdir(os.path.join(store, "training_logs", "nnUNetTrainer__fold0")) == ["training_log_1.txt"]
+
+    # the machine is gone: only the archive is left
+    second = Benchmark(str(tmp_path / "second"), settings, [plain, medcontext], "cpu", 0, archive=store)
+    text = second.report_finished()
+    assert "| nnUNetTrainer | 50.0 |" in text and "| nnUNetTrainerMedContext | +20.0 |" in text
+    assert "Not finished yet" not in text
+    assert second.run_one(plain, entry)["cases"]["c1"]["1"]["dice"] == 0.5  # cached: nothing is trained
+    same_time = methods["nnUNetTrainer_sameTimeAs_MedContext"]
+    assert second.same_time_epochs(same_time, entry["fold"]) == (10, pytest.approx(2.5))
+    # once nnU-Net has planned the new work folder, its folds are the archived ones
+    (tmp_path / "second" / "preprocessed" / second.dataset).mkdir(parents=True)
+    second.restore_archive()
+    assert json.loads(open(second.splits_file()).read()) == json.loads(open(first.splits_file()).read())
+
+    other = Benchmark(str(tmp_path / "third"), dict(settings, shape=(16, 16, 16)), [plain], "cpu", 0, archive=store)
+    with pytest.raises(UserInputError, match="does not belong to the work folder.*shape"):
+        other.report_finished()

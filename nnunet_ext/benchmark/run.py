@@ -54,15 +54,17 @@ def _bin(name: str) -> str:
 class Benchmark:
     """State and steps of one benchmark work folder."""
 
-    def __init__(self, work: str, settings: dict, trainers: list, device: str, num_proc_da: int):
+    def __init__(self, work: str, settings: dict, trainers: list, device: str, num_proc_da: int,
+                 archive: str = None):
         self.work = os.path.abspath(work)
+        self.archive = os.path.abspath(archive) if archive else None
         self.settings = settings
         self.trainers = trainers
         self.device = device
         self.num_proc_da = num_proc_da
         self.paths = {k: os.path.join(self.work, k) for k in ("raw", "preprocessed", "results")}
         self.dataset = f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
-        for sub in ("raw", "preprocessed", "results", "logs", "predictions", "metrics", "report"):
+        for sub in ("raw", "preprocessed", "results", "logs", "predictions", "metrics", "training_logs", "report"):
             os.makedirs(os.path.join(self.work, sub), exist_ok=True)
 
     # ------------------------------------------------------------ environment and commands
@@ -94,6 +96,48 @@ class Benchmark:
         # benchmark can start a training into the same output folder while it runs on
         lock_file = getattr(self, "_lock_file", None)
         return (lock_file.fileno(),) if lock_file is not None and not lock_file.closed else ()
+
+    # ------------------------------------------------------------ results archive (--archive)
+    @staticmethod
+    def run_name(method: dict, fold) -> str:
+        """A run's name in metrics/ and training_logs/."""
+        return f"{method_name(method)}__fold{fold}"
+
+    def splits_file(self) -> str:
+        return os.path.join(self.paths["preprocessed"], self.dataset, "splits_final.json")
+
+    def restore_archive(self):
+        """Take the finished runs (and their folds) that the archive holds and this work folder lacks."""
+        from nnunet_ext.benchmark import archive
+
+        if not self.archive:
+            return
+        try:
+            archive.check_settings(self.archive, self.settings)
+            restored = archive.restore(self.archive, self.work, self.splits_file())
+        except archive.ArchiveMismatchError as e:
+            raise UserInputError(f"The archive {self.archive} does not belong to the work folder {self.work}: {e}. "
+                                 f"Pass the --archive of this benchmark, or another --archive folder (a new one "
+                                 f"is made) or --work folder.") from e
+        if restored:
+            print(f"Restored {len(restored)} finished runs from {self.archive}: {', '.join(restored)}")
+
+    def keep_run(self, method: dict, fold):
+        """Keep a finished run's training logs beside its metrics, and both in the archive (if any)."""
+        from nnunet_ext.benchmark import archive
+
+        run = self.run_name(method, fold)
+        if not os.path.isdir(os.path.join(self.work, "training_logs", run)):
+            archive.keep_training_logs(self.output_folder(method, fold), self.work, run)
+        if self.archive:
+            archive.store(self.archive, self.work, self.splits_file(),
+                          os.path.join(self.paths["raw"], self.dataset, "dataset.json"), [run])
+
+    def training_logs(self, method: dict, fold) -> str:
+        """The folder with a run's nnU-Net training logs: its output folder, or the copy kept when it finished
+        (the only one for runs restored from an archive)."""
+        kept = os.path.join(self.work, "training_logs", self.run_name(method, fold))
+        return kept if os.path.isdir(kept) else self.output_folder(method, fold)
 
     # ------------------------------------------------------------ data
     def prepare_data(self):
@@ -180,9 +224,9 @@ class Benchmark:
                                  f"'{method['same_time_as']}', which methods.json does not list.")
         seconds = {}
         for m in (reference, baseline):
-            folder = self.output_folder(m, fold)
+            folder = self.training_logs(m, fold)
             seconds[method_name(m)] = epoch_seconds(folder)
-            if not os.path.isfile(os.path.join(folder, "validation", "summary.json")) or not seconds[method_name(m)]:
+            if self.finished_run(m, fold) is None or not seconds[method_name(m)]:
                 raise UserInputError(
                     f"{method_name(method)} on fold {fold} needs the finished runs of {method_name(reference)} and "
                     f"{method_name(baseline)} on that fold (their epoch times set its budget); {folder} has none. "
@@ -314,7 +358,10 @@ class Benchmark:
     def report(self, results: list, missing: Sequence[str] = ()) -> str:
         from nnunet_ext.benchmark import report
 
-        with open(os.path.join(self.paths["raw"], self.dataset, "dataset.json")) as f:
+        dataset_json = os.path.join(self.paths["raw"], self.dataset, "dataset.json")
+        if not os.path.isfile(dataset_json):  # a work folder restored from an archive for --report-only
+            dataset_json = os.path.join(self.work, "dataset.json")
+        with open(dataset_json) as f:
             label_names = {v: k for k, v in json.load(f)["labels"].items() if v != 0}
         rows = [dict(trainer=r["trainer"], fraction=r["fraction"], seed=r["seed"], num_labeled=r["num_labeled"],
                      case=case, label=int(label), dice=m["dice"], hd95=m["hd95"])
@@ -396,6 +443,7 @@ class Benchmark:
 
         self.lock()
         self.prepare_data()
+        self.restore_archive()
         manifest = self.write_splits()
         jobs = [(t, entry) for entry in manifest for t in self.trainers]
         results = []
@@ -403,6 +451,7 @@ class Benchmark:
             for method, entry in bar:
                 bar.set_postfix_str(f"{method_name(method)} {entry['fraction']:.0%} seed {entry['seed']}")
                 results.append(self.run_one(method, entry))
+                self.keep_run(method, entry["fold"])
         return self.report(results)
 
     def progress_note(self, method: dict, fold) -> str:
@@ -428,6 +477,7 @@ class Benchmark:
     def report_finished(self) -> str:
         """The report of the runs this work folder has finished, without generating, training or predicting
         anything (a benchmark run piece by piece can be looked at while it goes on). Lists what is missing."""
+        self.restore_archive()
         manifest_file = os.path.join(self.work, "splits_manifest.json")
         if not os.path.isfile(manifest_file):
             raise UserInputError(f"{self.work} holds no benchmark (no splits_manifest.json): run "
@@ -471,6 +521,11 @@ def main(argv=None):
     parser.add_argument("--report-only", action="store_true",
                         help="write the report from the runs already finished in the work folder and list the "
                              "missing ones; generates, trains and predicts nothing (safe while a benchmark runs)")
+    parser.add_argument("--archive", default=None,
+                        help="also keep every finished run's results (per-case metrics, nnU-Net's training logs, the "
+                             "folds: small text files) in this folder, and take the runs it holds into the work "
+                             "folder: to continue a long benchmark on another machine or after the work folder is "
+                             "lost (the data is regenerated identically; checkpoints are not kept)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"))
     parser.add_argument("--num-proc-DA", type=int, default=2, help="augmentation workers per training run")
     for key, kind in (("num_train", int), ("num_val", int), ("num_test", int), ("num_unlabeled", int),
@@ -509,7 +564,7 @@ def main(argv=None):
             methods = [known[t] for t in args.trainers]
         work = args.work or os.path.join("work_data", f"benchmark_{mode}")
         print(f"nnunet-ext benchmark ({mode}) in {os.path.abspath(work)} with {json.dumps(settings)}")
-        benchmark = Benchmark(work, settings, methods, args.device, args.num_proc_DA)
+        benchmark = Benchmark(work, settings, methods, args.device, args.num_proc_DA, args.archive)
         text = benchmark.report_finished() if args.report_only else benchmark.run()
         print(text)
         print(f"Tables, CSVs and the plot are in {os.path.join(os.path.abspath(work), 'report')}")

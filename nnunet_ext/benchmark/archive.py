@@ -1,0 +1,136 @@
+"""A benchmark's finished results, kept outside its work folder so that the benchmark can go on elsewhere.
+
+The full benchmark takes days on a CPU. Where the machine or its disk does not last that long (cloud sessions,
+preemptible nodes), the work folder's data and checkpoints are lost, but what the report needs of a finished run
+is small text: its per-case metrics and nnU-Net's training logs, plus the splits that number the folds.
+``nnUNetv2_ext_benchmark --archive DIR`` copies these into DIR after every finished run and restores them into a
+new work folder, where the benchmark regenerates the same data (deterministic under its seed), skips every
+archived run and writes the report from archived and new runs alike.
+
+Archive layout (all JSON or text)::
+
+    settings.json            the data settings the runs were made with (a different one is refused)
+    dataset.json             label names for the report
+    splits_final.json        nnU-Net's folds, and splits_manifest.json: (fraction, seed) of each fold
+    metrics/<run>.json       one finished run (the benchmark's metrics file, unchanged)
+    training_logs/<run>/     nnU-Net's training_log_*.txt of that run (curves, epoch times)
+"""
+import glob
+import json
+import os
+import shutil
+from typing import List, Sequence
+
+# settings that decide the data, the folds and the network: runs made with others cannot share one table
+DATA_KEYS = ("num_train", "num_val", "num_test", "num_unlabeled", "shape", "difficulty", "configuration",
+             "iterations", "val_iterations")
+
+
+class ArchiveMismatchError(ValueError):
+    """The archive holds runs of other settings or other folds than the work folder."""
+
+
+def _read(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)  # never a half-written file, also when the benchmark is killed
+
+
+def _copy(source: str, target: str) -> None:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copyfile(source, target + ".tmp")
+    os.replace(target + ".tmp", target)
+
+
+def data_settings(settings: dict) -> dict:
+    """The part of the benchmark's settings that decides its data and folds, JSON-comparable."""
+    return {k: list(settings[k]) if isinstance(settings[k], (tuple, list)) else settings[k]
+            for k in DATA_KEYS if k in settings}
+
+
+def check_settings(archive: str, settings: dict) -> None:
+    """Record the data settings in a new archive; refuse an archive made with other ones."""
+    path = os.path.join(archive, "settings.json")
+    current = data_settings(settings)
+    if not os.path.isfile(path):
+        _write(path, current)
+        return
+    recorded = _read(path)
+    differ = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+    if differ:
+        raise ArchiveMismatchError(
+            "it was made with other settings: " + ", ".join(f"{k} {recorded.get(k)} there, {current.get(k)} here"
+                                                            for k in differ))
+
+
+def merge_folds(local: Sequence, archived: Sequence) -> list:
+    """The longer of two fold lists when the shorter is its beginning (a work folder only appends folds)."""
+    shorter, longer = sorted((list(local), list(archived)), key=len)
+    if longer[:len(shorter)] != shorter:
+        first = next(i for i, (a, b) in enumerate(zip(local, archived)) if a != b)
+        raise ArchiveMismatchError(f"fold {first} differs between the work folder and the archive")
+    return longer
+
+
+def restore(archive: str, work: str, splits_file: str) -> List[str]:
+    """Copy the archive's runs, logs and folds into the work folder where it lacks them; return the runs copied.
+
+    ``splits_file`` (nnU-Net's splits_final.json) is written only where its folder exists, i.e. once nnU-Net
+    has planned the dataset; the manifest, which the report needs, always.
+    """
+    manifest_file = os.path.join(work, "splits_manifest.json")
+    archived_manifest = os.path.join(archive, "splits_manifest.json")
+    if os.path.isfile(archived_manifest):
+        local = _read(manifest_file) if os.path.isfile(manifest_file) else []
+        merged = merge_folds(local, _read(archived_manifest))
+        if merged != local:
+            _write(manifest_file, merged)
+        archived_splits = os.path.join(archive, "splits_final.json")
+        if os.path.isdir(os.path.dirname(splits_file)) and os.path.isfile(archived_splits):
+            local = _read(splits_file) if os.path.isfile(splits_file) else []
+            merged = merge_folds(local, _read(archived_splits))
+            if merged != local:
+                _write(splits_file, merged)
+    if os.path.isfile(os.path.join(archive, "dataset.json")) and not os.path.isfile(os.path.join(work, "dataset.json")):
+        _copy(os.path.join(archive, "dataset.json"), os.path.join(work, "dataset.json"))
+    restored = []
+    for path in sorted(glob.glob(os.path.join(archive, "metrics", "*.json"))):
+        run = os.path.basename(path)[:-len(".json")]
+        target = os.path.join(work, "metrics", os.path.basename(path))
+        if os.path.isfile(target):
+            continue
+        _copy(path, target)
+        for log in sorted(glob.glob(os.path.join(archive, "training_logs", run, "training_log_*.txt"))):
+            _copy(log, os.path.join(work, "training_logs", run, os.path.basename(log)))
+        restored.append(run)
+    return restored
+
+
+def keep_training_logs(output_folder: str, work: str, run: str) -> None:
+    """Copy a finished run's nnU-Net training logs from its output folder into ``work/training_logs/<run>``."""
+    for log in sorted(glob.glob(os.path.join(output_folder, "training_log_*.txt"))):
+        _copy(log, os.path.join(work, "training_logs", run, os.path.basename(log)))
+
+
+def store(archive: str, work: str, splits_file: str, dataset_json: str, runs: Sequence[str]) -> None:
+    """Copy the folds, the label names and the given finished runs (metrics and training logs) into the archive."""
+    manifest_file = os.path.join(work, "splits_manifest.json")
+    for source, name in ((manifest_file, "splits_manifest.json"), (splits_file, "splits_final.json")):
+        if os.path.isfile(source):
+            target = os.path.join(archive, name)
+            existing = _read(target) if os.path.isfile(target) else []
+            merged = merge_folds(_read(source), existing)
+            if merged != existing:
+                _write(target, merged)
+    if os.path.isfile(dataset_json):
+        _copy(dataset_json, os.path.join(archive, "dataset.json"))
+    for run in runs:
+        _copy(os.path.join(work, "metrics", run + ".json"), os.path.join(archive, "metrics", run + ".json"))
+        for log in sorted(glob.glob(os.path.join(work, "training_logs", run, "training_log_*.txt"))):
+            _copy(log, os.path.join(archive, "training_logs", run, os.path.basename(log)))
