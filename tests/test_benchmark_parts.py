@@ -594,6 +594,25 @@ def test_archived_runs_carry_a_benchmark_over_to_a_new_work_folder(tmp_path):
     second.restore_archive()
     assert json.loads(open(second.splits_file()).read()) == json.loads(open(first.splits_file()).read())
 
+    # a finished pretraining run is archived once and restored whole (fine-tuning of every seed starts from it)
+    fused = methods["VolumeFusion+nnUNetTrainer"]
+    pretrained = first.pretraining_folder(fused)
+    os.makedirs(pretrained)
+    with open(os.path.join(pretrained, "debug.json"), "w") as f:
+        json.dump({k: str(v) for k, v in budget.items()}, f)
+    with open(os.path.join(pretrained, "checkpoint_final.pth"), "wb") as f:
+        f.write(b"weights")
+    first.pretrain(fused)  # finished: trains nothing, archives it
+    assert not os.path.exists(second.pretraining_folder(fused))
+    second.trainers.append(fused)
+    second.restore_archive()
+    with open(os.path.join(second.pretraining_folder(fused), "checkpoint_final.pth"), "rb") as f:
+        assert f.read() == b"weights"
+    assert second.pretrain(fused) == (os.path.join(second.pretraining_folder(fused), "checkpoint_final.pth"), None)
+    longer = Benchmark(second.work, dict(settings, epochs=8), [fused], "cpu", 0, archive=store)
+    with pytest.raises(UserInputError, match="pretraining run"):  # its budget came along in debug.json
+        longer.pretrain(fused)
+
     other = Benchmark(str(tmp_path / "third"), dict(settings, shape=(16, 16, 16)), [plain], "cpu", 0, archive=store)
     with pytest.raises(UserInputError, match="does not belong to the work folder.*shape"):
         other.report_finished()

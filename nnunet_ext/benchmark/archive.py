@@ -14,6 +14,10 @@ Archive layout (all JSON or text)::
     splits_final.json        nnU-Net's folds, and splits_manifest.json: (fraction, seed) of each fold
     metrics/<run>.json       one finished run (the benchmark's metrics file, unchanged)
     training_logs/<run>/     nnU-Net's training_log_*.txt of that run (curves, epoch times)
+    pretraining/<trainer>/   a finished pretraining run: checkpoint_final.pth (about 3 MB for the benchmark's
+                             network), nnU-Net's debug.json (its step budget) and training logs. The one binary
+                             file: every fine-tuning run of every seed and fraction starts from it, and making it
+                             again takes as long as a training run.
 """
 import glob
 import json
@@ -84,19 +88,18 @@ def restore(archive: str, work: str, splits_file: str) -> List[str]:
     ``splits_file`` (nnU-Net's splits_final.json) is written only where its folder exists, i.e. once nnU-Net
     has planned the dataset; the manifest, which the report needs, always.
     """
-    manifest_file = os.path.join(work, "splits_manifest.json")
-    archived_manifest = os.path.join(archive, "splits_manifest.json")
-    if os.path.isfile(archived_manifest):
-        local = _read(manifest_file) if os.path.isfile(manifest_file) else []
-        merged = merge_folds(local, _read(archived_manifest))
-        if merged != local:
-            _write(manifest_file, merged)
-        archived_splits = os.path.join(archive, "splits_final.json")
-        if os.path.isdir(os.path.dirname(splits_file)) and os.path.isfile(archived_splits):
-            local = _read(splits_file) if os.path.isfile(splits_file) else []
-            merged = merge_folds(local, _read(archived_splits))
+    updates = []  # (path, folds): every merge is checked before anything is written
+    pairs = [(os.path.join(work, "splits_manifest.json"), os.path.join(archive, "splits_manifest.json"))]
+    if os.path.isdir(os.path.dirname(splits_file)):
+        pairs.append((splits_file, os.path.join(archive, "splits_final.json")))
+    for local_file, archived_file in pairs:
+        if os.path.isfile(archived_file):
+            local = _read(local_file) if os.path.isfile(local_file) else []
+            merged = merge_folds(local, _read(archived_file))
             if merged != local:
-                _write(splits_file, merged)
+                updates.append((local_file, merged))
+    for path, folds in updates:
+        _write(path, folds)
     if os.path.isfile(os.path.join(archive, "dataset.json")) and not os.path.isfile(os.path.join(work, "dataset.json")):
         _copy(os.path.join(archive, "dataset.json"), os.path.join(work, "dataset.json"))
     restored = []
@@ -134,3 +137,29 @@ def store(archive: str, work: str, splits_file: str, dataset_json: str, runs: Se
         _copy(os.path.join(work, "metrics", run + ".json"), os.path.join(archive, "metrics", run + ".json"))
         for log in sorted(glob.glob(os.path.join(work, "training_logs", run, "training_log_*.txt"))):
             _copy(log, os.path.join(archive, "training_logs", run, os.path.basename(log)))
+
+
+PRETRAINING_FILES = ("checkpoint_final.pth", "debug.json")
+
+
+def store_pretraining(archive: str, trainer: str, output_folder: str) -> None:
+    """Copy a finished pretraining run (final checkpoint, debug.json, training logs) into the archive."""
+    target = os.path.join(archive, "pretraining", trainer)
+    logs = sorted(glob.glob(os.path.join(output_folder, "training_log_*.txt")))
+    for path in [os.path.join(output_folder, name) for name in PRETRAINING_FILES] + logs:
+        if os.path.isfile(path):
+            _copy(path, os.path.join(target, os.path.basename(path)))
+
+
+def restore_pretraining(archive: str, trainer: str, output_folder: str) -> bool:
+    """Put the archived pretraining run of ``trainer`` into ``output_folder`` unless that holds a finished one;
+    True if it was restored."""
+    source = os.path.join(archive, "pretraining", trainer)
+    if not os.path.isfile(os.path.join(source, "checkpoint_final.pth")):
+        return False
+    if os.path.isfile(os.path.join(output_folder, "checkpoint_final.pth")):
+        return False
+    # the checkpoint last: a copy interrupted before it leaves no finished-looking run behind
+    for name in sorted(os.listdir(source), key=lambda n: n == "checkpoint_final.pth"):
+        _copy(os.path.join(source, name), os.path.join(output_folder, name))
+    return True

@@ -119,8 +119,12 @@ class Benchmark:
             raise UserInputError(f"The archive {self.archive} does not belong to the work folder {self.work}: {e}. "
                                  f"Pass the --archive of this benchmark, or another --archive folder (a new one "
                                  f"is made) or --work folder.") from e
+        for method in self.trainers:
+            if method.get("pretrain") and archive.restore_pretraining(self.archive, method["pretrain"],
+                                                                      self.pretraining_folder(method)):
+                restored.append(f"{method['pretrain']} pretraining")
         if restored:
-            print(f"Restored {len(restored)} finished runs from {self.archive}: {', '.join(restored)}")
+            print(f"Restored from {self.archive}: {', '.join(restored)}")
 
     def keep_run(self, method: dict, fold):
         """Keep a finished run's training logs beside its metrics, and both in the archive (if any)."""
@@ -262,6 +266,10 @@ class Benchmark:
                  trainer, "--epochs", s["epochs"], "--iterations", s["iterations"], "--val-iterations",
                  s["val_iterations"], "--seed", 0, "-device", self.device],
                 f"pretrain__{trainer}.log", training=True, results=root)
+        if self.archive:
+            from nnunet_ext.benchmark import archive
+
+            archive.store_pretraining(self.archive, trainer, os.path.dirname(checkpoint))
         return checkpoint, seconds
 
     def refuse_other_budget(self, recorded: dict, expected: dict, what: str):
