@@ -616,3 +616,32 @@ def test_archived_runs_carry_a_benchmark_over_to_a_new_work_folder(tmp_path):
     other = Benchmark(str(tmp_path / "third"), dict(settings, shape=(16, 16, 16)), [plain], "cpu", 0, archive=store)
     with pytest.raises(UserInputError, match="does not belong to the work folder.*shape"):
         other.report_finished()
+
+
+def test_archive_refuses_runs_made_on_other_generated_data(tmp_path):
+    """Same settings, other voxels (a library that draws differently): the archived runs are not mixed in."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunet_ext.benchmark import archive
+
+    raw = tmp_path / "raw"
+    (raw / "labelsTr").mkdir(parents=True)
+
+    def write(values, spacing=(0.8, 0.8, 2.5), compress=True):
+        image = sitk.GetImageFromArray(np.asarray(values, dtype=np.uint8).reshape(2, 2, 2))
+        image.SetSpacing(spacing)
+        sitk.WriteImage(image, str(raw / "labelsTr" / "case_000.nii.gz"), compress)
+
+    write(range(8))
+    digest = archive.dataset_digest(str(raw))
+    store = str(tmp_path / "archive")
+    archive.check_data(store, digest)
+    write(range(8), compress=False)  # other bytes in the file, same data
+    assert archive.dataset_digest(str(raw)) == digest
+    archive.check_data(store, archive.dataset_digest(str(raw)))
+    write([0, 1, 2, 3, 4, 5, 6, 0])
+    with pytest.raises(archive.ArchiveMismatchError, match="other images or labels"):
+        archive.check_data(store, archive.dataset_digest(str(raw)))
+    write(range(8), spacing=(0.8, 0.8, 3.0))
+    assert archive.dataset_digest(str(raw)) != digest

@@ -9,7 +9,9 @@ archived run and writes the report from archived and new runs alike.
 
 Archive layout (all JSON or text)::
 
-    settings.json            the data settings the runs were made with (a different one is refused)
+    settings.json            the data settings the runs were made with, and a digest of the generated images
+                             and labels (other settings or other data, e.g. after a library changed the
+                             generator's random draws, are refused)
     dataset.json             label names for the report
     splits_final.json        nnU-Net's folds, and splits_manifest.json: (fraction, seed) of each fold
     metrics/<run>.json       one finished run (the benchmark's metrics file, unchanged)
@@ -65,12 +67,45 @@ def check_settings(archive: str, settings: dict) -> None:
     if not os.path.isfile(path):
         _write(path, current)
         return
-    recorded = _read(path)
+    recorded = {k: v for k, v in _read(path).items() if k != "data_sha256"}
     differ = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
     if differ:
         raise ArchiveMismatchError(
             "it was made with other settings: " + ", ".join(f"{k} {recorded.get(k)} there, {current.get(k)} here"
                                                             for k in differ))
+
+
+def dataset_digest(raw_dataset_folder: str) -> str:
+    """SHA-256 of the voxel data and spacing of every image and label of an nnU-Net raw dataset (not of the
+    files, whose compression may differ between library versions)."""
+    import hashlib
+
+    import SimpleITK as sitk
+
+    digest = hashlib.sha256()
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "imagesUnlabeled"):
+        folder = os.path.join(raw_dataset_folder, sub)
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+            if not name.endswith(".nii.gz"):
+                continue
+            image = sitk.ReadImage(os.path.join(folder, name))
+            digest.update(f"{sub}/{name}:{image.GetSpacing()}".encode())
+            digest.update(sitk.GetArrayViewFromImage(image).tobytes())
+    return digest.hexdigest()
+
+
+def check_data(archive: str, digest: str) -> None:
+    """Record the data digest in the archive's settings; refuse data that differ from the recorded ones."""
+    path = os.path.join(archive, "settings.json")
+    settings = _read(path) if os.path.isfile(path) else {}
+    recorded = settings.get("data_sha256")
+    if recorded is None:
+        _write(path, dict(settings, data_sha256=digest))
+    elif recorded != digest:
+        raise ArchiveMismatchError(
+            "its runs were made on other images or labels than this work folder's (data digest "
+            f"{recorded[:12]}… there, {digest[:12]}… here; same generator settings, so the generator or a library "
+            "it uses draws differently on this machine)")
 
 
 def merge_folds(local: Sequence, archived: Sequence) -> list:

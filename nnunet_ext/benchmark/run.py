@@ -112,8 +112,11 @@ class Benchmark:
 
         if not self.archive:
             return
+        raw = os.path.join(self.paths["raw"], self.dataset)
         try:
             archive.check_settings(self.archive, self.settings)
+            if os.path.isfile(os.path.join(raw, "dataset.json")):  # not for --report-only on a new work folder
+                archive.check_data(self.archive, archive.dataset_digest(raw))
             restored = archive.restore(self.archive, self.work, self.splits_file())
         except archive.ArchiveMismatchError as e:
             raise UserInputError(f"The archive {self.archive} does not belong to the work folder {self.work}: {e}. "
