@@ -379,8 +379,11 @@ def test_quick_mode_leaves_out_equal_wall_clock_runs_unless_named(monkeypatch, t
     run.main(["--quick", "--work", str(tmp_path / "b"), "-tr", "nnUNetTrainer_sameTimeAs_SimCVD"])
     run.main(["--work", str(tmp_path / "c")])
     assert not any("sameTimeAs" in name for name in chosen[0]) and "nnUNetTrainerMedContext" in chosen[0]
+    # entries marked "quick": false (the half-batch variant, the combined method) too
+    assert "nnUNetTrainerMedContext_halfBatch" not in chosen[0] and "nnUNetTrainerSimCVD" in chosen[0]
+    assert not any(name.endswith("SimCVDMedContext") for name in chosen[0])
     assert chosen[1] == ["nnUNetTrainer_sameTimeAs_SimCVD"]
-    assert "nnUNetTrainer_sameTimeAs_MedContext" in chosen[2]
+    assert {"nnUNetTrainer_sameTimeAs_MedContext", "nnUNetTrainerMedContext_halfBatch"} <= set(chosen[2])
 
 
 def test_training_curves_from_nnunet_logs(tmp_path):
