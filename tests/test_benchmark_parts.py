@@ -622,29 +622,41 @@ def test_archived_runs_carry_a_benchmark_over_to_a_new_work_folder(tmp_path):
 
 
 def test_archive_refuses_runs_made_on_other_generated_data(tmp_path):
-    """Same settings, other voxels (a library that draws differently): the archived runs are not mixed in."""
+    """Same settings, other data (a library that draws differently): the archived runs are not mixed in; data
+    regenerated on another CPU, equal up to float32 rounding, are accepted."""
     import numpy as np
     import SimpleITK as sitk
 
     from nnunet_ext.benchmark import archive
 
     raw = tmp_path / "raw"
-    (raw / "labelsTr").mkdir(parents=True)
+    for sub in ("imagesTr", "labelsTr"):
+        (raw / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    image = rng.normal(40.0, 30.0, (8, 16, 16)).astype(np.float32)
+    label = (rng.random((8, 16, 16)) > 0.7).astype(np.uint8) * 2
 
-    def write(values, spacing=(0.8, 0.8, 2.5), compress=True):
-        image = sitk.GetImageFromArray(np.asarray(values, dtype=np.uint8).reshape(2, 2, 2))
-        image.SetSpacing(spacing)
-        sitk.WriteImage(image, str(raw / "labelsTr" / "case_000.nii.gz"), compress)
+    def write(image, label, spacing=(0.8, 0.8, 2.5)):
+        for sub, array in (("imagesTr", image), ("labelsTr", label)):
+            volume = sitk.GetImageFromArray(array)
+            volume.SetSpacing(spacing)
+            sitk.WriteImage(volume, str(raw / sub / "case_000.nii.gz"))
 
-    write(range(8))
-    digest = archive.dataset_digest(str(raw))
+    write(image, label)
     store = str(tmp_path / "archive")
-    archive.check_data(store, digest)
-    write(range(8), compress=False)  # other bytes in the file, same data
-    assert archive.dataset_digest(str(raw)) == digest
-    archive.check_data(store, archive.dataset_digest(str(raw)))
-    write([0, 1, 2, 3, 4, 5, 6, 0])
-    with pytest.raises(archive.ArchiveMismatchError, match="other images or labels"):
-        archive.check_data(store, archive.dataset_digest(str(raw)))
-    write(range(8), spacing=(0.8, 0.8, 3.0))
-    assert archive.dataset_digest(str(raw)) != digest
+    archive.check_data(store, archive.dataset_fingerprint(str(raw)))
+    noisy_label = label.copy()
+    noisy_label[0, 0, 0] = 2 - noisy_label[0, 0, 0]  # a boundary voxel that rounding put on the other side
+    write(np.nextafter(image, np.float32(np.inf)), noisy_label)
+    archive.check_data(store, archive.dataset_fingerprint(str(raw)))
+    for changed, match in (((image + 5, label), "case_000.nii.gz: intensities"),
+                           ((image, np.roll(label, 1) * (rng.random(label.shape) > 0.2)), "label volumes")):
+        write(*changed)
+        with pytest.raises(archive.ArchiveMismatchError, match=f"other images or labels.*{match}"):
+            archive.check_data(store, archive.dataset_fingerprint(str(raw)))
+    write(image, label, spacing=(0.8, 0.8, 3.0))
+    with pytest.raises(archive.ArchiveMismatchError, match="shape or spacing"):
+        archive.check_data(store, archive.dataset_fingerprint(str(raw)))
+    os.remove(raw / "labelsTr" / "case_000.nii.gz")
+    with pytest.raises(archive.ArchiveMismatchError, match="labelsTr/case_000.nii.gz missing here"):
+        archive.check_data(store, archive.dataset_fingerprint(str(raw)))

@@ -9,9 +9,10 @@ archived run and writes the report from archived and new runs alike.
 
 Archive layout (all JSON or text)::
 
-    settings.json            the data settings the runs were made with, and a digest of the generated images
-                             and labels (other settings or other data, e.g. after a library changed the
-                             generator's random draws, are refused)
+    settings.json            the data settings the runs were made with (other settings are refused)
+    data_fingerprint.json    per generated image and label: shape, spacing, intensity mean and std, voxels per
+                             label (data that differ by more than rounding noise are refused, e.g. after a
+                             library changed the generator's random draws)
     dataset.json             label names for the report
     splits_final.json        nnU-Net's folds, and splits_manifest.json: (fraction, seed) of each fold
     metrics/<run>.json       one finished run (the benchmark's metrics file, unchanged)
@@ -67,7 +68,7 @@ def check_settings(archive: str, settings: dict) -> None:
     if not os.path.isfile(path):
         _write(path, current)
         return
-    recorded = {k: v for k, v in _read(path).items() if k != "data_sha256"}
+    recorded = _read(path)
     differ = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
     if differ:
         raise ArchiveMismatchError(
@@ -75,37 +76,63 @@ def check_settings(archive: str, settings: dict) -> None:
                                                             for k in differ))
 
 
-def dataset_digest(raw_dataset_folder: str) -> str:
-    """SHA-256 of the voxel data and spacing of every image and label of an nnU-Net raw dataset (not of the
-    files, whose compression may differ between library versions)."""
-    import hashlib
-
+def dataset_fingerprint(raw_dataset_folder: str) -> dict:
+    """Per image and label of an nnU-Net raw dataset: spacing, shape, and intensity mean and std (images) or voxel
+    count per label value (labels). Compared with a tolerance (``fingerprint_mismatches``), not hashed: the
+    phantom is computed in float32 with BLAS, whose last bits differ between CPUs, so a regenerated dataset may
+    differ from the archived one by rounding noise (and a boundary voxel) without being other data."""
+    import numpy as np
     import SimpleITK as sitk
 
-    digest = hashlib.sha256()
+    fingerprint = {}
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "imagesUnlabeled"):
         folder = os.path.join(raw_dataset_folder, sub)
         for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
             if not name.endswith(".nii.gz"):
                 continue
             image = sitk.ReadImage(os.path.join(folder, name))
-            digest.update(f"{sub}/{name}:{image.GetSpacing()}".encode())
-            digest.update(sitk.GetArrayViewFromImage(image).tobytes())
-    return digest.hexdigest()
+            array = sitk.GetArrayViewFromImage(image)
+            entry = {"spacing": [round(v, 6) for v in image.GetSpacing()], "shape": list(array.shape)}
+            if sub.startswith("labels"):
+                values, counts = np.unique(array, return_counts=True)
+                entry["voxels"] = {str(int(v)): int(c) for v, c in zip(values, counts)}
+            else:
+                entry["mean"], entry["std"] = float(array.mean(dtype=np.float64)), float(array.std(dtype=np.float64))
+            fingerprint[f"{sub}/{name}"] = entry
+    return fingerprint
 
 
-def check_data(archive: str, digest: str) -> None:
-    """Record the data digest in the archive's settings; refuse data that differ from the recorded ones."""
-    path = os.path.join(archive, "settings.json")
-    settings = _read(path) if os.path.isfile(path) else {}
-    recorded = settings.get("data_sha256")
-    if recorded is None:
-        _write(path, dict(settings, data_sha256=digest))
-    elif recorded != digest:
+def fingerprint_mismatches(recorded: dict, current: dict) -> List[str]:
+    """Files whose fingerprints differ by more than rounding noise: another set of files, another spacing or
+    shape, a mean or std off by more than 0.1 % (of the std), a label's voxel count off by more than 0.5 %."""
+    problems = [f"{name} {'missing here' if name in recorded else 'not in the archive'}"
+                for name in sorted(set(recorded) ^ set(current))]
+    for name in sorted(set(recorded) & set(current)):
+        a, b = recorded[name], current[name]
+        if a["shape"] != b["shape"] or any(abs(x - y) > 1e-4 for x, y in zip(a["spacing"], b["spacing"])):
+            problems.append(f"{name}: shape or spacing")
+        elif "voxels" in a:
+            labels = set(a["voxels"]) | set(b["voxels"])
+            if any(abs(a["voxels"].get(v, 0) - b["voxels"].get(v, 0)) > 2 + 0.005 * a["voxels"].get(v, 0)
+                   for v in labels):
+                problems.append(f"{name}: label volumes")
+        elif abs(a["mean"] - b["mean"]) > 1e-3 * a["std"] + 1e-6 or abs(a["std"] - b["std"]) > 1e-3 * a["std"] + 1e-6:
+            problems.append(f"{name}: intensities")
+    return problems
+
+
+def check_data(archive: str, fingerprint: dict) -> None:
+    """Record the data fingerprint in a new archive; refuse data that differ from the recorded ones."""
+    path = os.path.join(archive, "data_fingerprint.json")
+    if not os.path.isfile(path):
+        _write(path, fingerprint)
+        return
+    problems = fingerprint_mismatches(_read(path), fingerprint)
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise ArchiveMismatchError(
-            "its runs were made on other images or labels than this work folder's (data digest "
-            f"{recorded[:12]}… there, {digest[:12]}… here; same generator settings, so the generator or a library "
-            "it uses draws differently on this machine)")
+            f"its runs were made on other images or labels than this work folder's ({shown}; same generator "
+            f"settings, so the generator or a library it uses draws differently on this machine)")
 
 
 def merge_folds(local: Sequence, archived: Sequence) -> list:

@@ -118,7 +118,7 @@ class Benchmark:
         try:
             archive.check_settings(self.archive, self.settings)
             if os.path.isfile(os.path.join(raw, "dataset.json")):  # not for --report-only on a new work folder
-                archive.check_data(self.archive, archive.dataset_digest(raw))
+                archive.check_data(self.archive, archive.dataset_fingerprint(raw))
             restored = archive.restore(self.archive, self.work, self.splits_file())
         except archive.ArchiveMismatchError as e:
             raise UserInputError(f"The archive {self.archive} does not belong to the work folder {self.work}: {e}. "
