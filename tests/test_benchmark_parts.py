@@ -660,3 +660,17 @@ def test_archive_refuses_runs_made_on_other_generated_data(tmp_path):
     os.remove(raw / "labelsTr" / "case_000.nii.gz")
     with pytest.raises(archive.ArchiveMismatchError, match="labelsTr/case_000.nii.gz missing here"):
         archive.check_data(store, archive.dataset_fingerprint(str(raw)))
+
+
+def test_cost_table_reports_median_epoch_times_beside_wall_time():
+    """A run resumed in a later call records only that call's wall time; nnU-Net's median epoch time still
+    compares the trainers."""
+    from nnunet_ext.benchmark.run import Benchmark
+
+    results = [dict(trainer="base", fraction=0.1, seed=0, train_seconds=3600, median_epoch_seconds=30.0),
+               dict(trainer="method", fraction=0.1, seed=0, train_seconds=900, median_epoch_seconds=75.0),
+               dict(trainer="old", fraction=0.1, seed=0, train_seconds=7200)]  # metrics from before the field
+    text = Benchmark.cost_table(results, ["base", "method", "old"], "base")
+    assert "| base | 3600 | 1.00× | 30.0 | 1.00× |" in text
+    assert "| method | 900 | 0.25× | 75.0 | 2.50× |" in text
+    assert "| old | 7200 | 2.00× | — | — |" in text

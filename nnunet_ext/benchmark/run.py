@@ -9,6 +9,7 @@ benchmark's own work folder (its own nnUNet_raw / _preprocessed / _results), nev
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from importlib import resources
@@ -340,8 +341,12 @@ class Benchmark:
         if not s["tta"]:
             predict.append("--disable_tta")
         predict_seconds = self.command(predict, f"predict__{name}__fold{fold}.log", results=root)
+        from nnunet_ext.benchmark.budget import epoch_seconds
+
+        logged = epoch_seconds(output)
         result = dict(entry, trainer=name, train_seconds=train_seconds, predict_seconds=predict_seconds,
                       pretrain=method.get("pretrain"), pretrain_seconds=pretrain_seconds, epochs=epochs,
+                      median_epoch_seconds=statistics.median(logged) if logged else None,
                       time_ratio=time_ratio, budget=budget, cases=self.evaluate(predictions))
         with open(metrics_file + ".tmp", "w") as f:
             json.dump(result, f, indent=1)
@@ -397,17 +402,27 @@ class Benchmark:
 
     @staticmethod
     def cost_table(results: list, trainers: list, baseline: str) -> str:
-        """Training wall time per trainer relative to the baseline (runs of this benchmark, same machine)."""
-        seconds = {t: [r["train_seconds"] for r in results if r["trainer"] == t and r["train_seconds"]]
-                   for t in trainers}
-        base = sum(seconds.get(baseline, [])) / max(1, len(seconds.get(baseline, [])))
-        lines = ["Training wall time per run (includes nnU-Net's start-up and final validation; same budget in "
-                 "steps for every trainer):", "", "| trainer | mean s per run | relative to baseline |",
-                 "|---|---|---|"]
+        """Training time per trainer relative to the baseline (runs of this benchmark, same machine): wall time of
+        the training call, and nnU-Net's median epoch time, which a run resumed or paused on the way (a long CPU
+        benchmark) leaves intact where its wall time covers only the last call or includes the pause."""
+        def mean_of(key, t):
+            values = [r[key] for r in results if r["trainer"] == t and r.get(key)]
+            return sum(values) / len(values) if values else None
+
+        def cells(key, t):
+            value, base = mean_of(key, t), mean_of(key, baseline)
+            if value is None:
+                return "— | —"
+            return f"{value:.{0 if key == 'train_seconds' else 1}f} | " + (f"{value / base:.2f}×" if base else "—")
+
+        lines = ["Training time per run (wall time of the training call, with nnU-Net's start-up and final "
+                 "validation; and nnU-Net's median epoch time, unaffected by resuming or pausing a run; same "
+                 "budget in steps for every trainer):", "",
+                 "| trainer | mean s per run | relative to baseline | median epoch s | relative to baseline |",
+                 "|---|---|---|---|---|"]
         for t in trainers:
-            if seconds.get(t):
-                mean = sum(seconds[t]) / len(seconds[t])
-                lines.append(f"| {t} | {mean:.0f} | {mean / base:.2f}× |" if base else f"| {t} | {mean:.0f} | — |")
+            if mean_of("train_seconds", t) or mean_of("median_epoch_seconds", t):
+                lines.append(f"| {t} | {cells('train_seconds', t)} | {cells('median_epoch_seconds', t)} |")
         for r in results:
             if r.get("time_ratio"):
                 lines.append(f"\n{r['trainer']} ({r['fraction']:.0%}, seed {r['seed']}): {r['epochs']} epochs instead "
