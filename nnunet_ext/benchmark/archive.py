@@ -135,6 +135,18 @@ def check_data(archive: str, fingerprint: dict) -> None:
             f"settings, so the generator or a library it uses draws differently on this machine)")
 
 
+def _copy_training_logs(source_folder: str, target_folder: str) -> None:
+    for log in sorted(glob.glob(os.path.join(source_folder, "training_log_*.txt"))):
+        _copy(log, os.path.join(target_folder, os.path.basename(log)))
+
+
+def _merged_folds(target: str, folds: Sequence) -> list:
+    """The folds ``target`` should hold after taking ``folds`` in; None if it holds them already."""
+    existing = _read(target) if os.path.isfile(target) else []
+    merged = merge_folds(existing, folds)
+    return None if merged == existing else merged
+
+
 def merge_folds(local: Sequence, archived: Sequence) -> list:
     """The longer of two fold lists when the shorter is its beginning (a work folder only appends folds)."""
     shorter, longer = sorted((list(local), list(archived)), key=len)
@@ -156,11 +168,10 @@ def restore(archive: str, work: str, splits_file: str) -> List[str]:
         pairs.append((splits_file, os.path.join(archive, "splits_final.json")))
     for local_file, archived_file in pairs:
         if os.path.isfile(archived_file):
-            local = _read(local_file) if os.path.isfile(local_file) else []
-            merged = merge_folds(local, _read(archived_file))
-            if merged != local:
-                updates.append((local_file, merged))
+            updates.append((local_file, _merged_folds(local_file, _read(archived_file))))
     for path, folds in updates:
+        if folds is None:
+            continue
         _write(path, folds)
     if os.path.isfile(os.path.join(archive, "dataset.json")) and not os.path.isfile(os.path.join(work, "dataset.json")):
         _copy(os.path.join(archive, "dataset.json"), os.path.join(work, "dataset.json"))
@@ -171,16 +182,14 @@ def restore(archive: str, work: str, splits_file: str) -> List[str]:
         if os.path.isfile(target):
             continue
         _copy(path, target)
-        for log in sorted(glob.glob(os.path.join(archive, "training_logs", run, "training_log_*.txt"))):
-            _copy(log, os.path.join(work, "training_logs", run, os.path.basename(log)))
+        _copy_training_logs(os.path.join(archive, "training_logs", run), os.path.join(work, "training_logs", run))
         restored.append(run)
     return restored
 
 
 def keep_training_logs(output_folder: str, work: str, run: str) -> None:
     """Copy a finished run's nnU-Net training logs from its output folder into ``work/training_logs/<run>``."""
-    for log in sorted(glob.glob(os.path.join(output_folder, "training_log_*.txt"))):
-        _copy(log, os.path.join(work, "training_logs", run, os.path.basename(log)))
+    _copy_training_logs(output_folder, os.path.join(work, "training_logs", run))
 
 
 def store(archive: str, work: str, splits_file: str, dataset_json: str, runs: Sequence[str]) -> None:
@@ -188,17 +197,14 @@ def store(archive: str, work: str, splits_file: str, dataset_json: str, runs: Se
     manifest_file = os.path.join(work, "splits_manifest.json")
     for source, name in ((manifest_file, "splits_manifest.json"), (splits_file, "splits_final.json")):
         if os.path.isfile(source):
-            target = os.path.join(archive, name)
-            existing = _read(target) if os.path.isfile(target) else []
-            merged = merge_folds(_read(source), existing)
-            if merged != existing:
-                _write(target, merged)
+            merged = _merged_folds(os.path.join(archive, name), _read(source))
+            if merged is not None:
+                _write(os.path.join(archive, name), merged)
     if os.path.isfile(dataset_json):
         _copy(dataset_json, os.path.join(archive, "dataset.json"))
     for run in runs:
         _copy(os.path.join(work, "metrics", run + ".json"), os.path.join(archive, "metrics", run + ".json"))
-        for log in sorted(glob.glob(os.path.join(work, "training_logs", run, "training_log_*.txt"))):
-            _copy(log, os.path.join(archive, "training_logs", run, os.path.basename(log)))
+        _copy_training_logs(os.path.join(work, "training_logs", run), os.path.join(archive, "training_logs", run))
 
 
 PRETRAINING_FILES = ("checkpoint_final.pth", "debug.json")
@@ -207,10 +213,13 @@ PRETRAINING_FILES = ("checkpoint_final.pth", "debug.json")
 def store_pretraining(archive: str, trainer: str, output_folder: str) -> None:
     """Copy a finished pretraining run (final checkpoint, debug.json, training logs) into the archive."""
     target = os.path.join(archive, "pretraining", trainer)
-    logs = sorted(glob.glob(os.path.join(output_folder, "training_log_*.txt")))
-    for path in [os.path.join(output_folder, name) for name in PRETRAINING_FILES] + logs:
-        if os.path.isfile(path):
-            _copy(path, os.path.join(target, os.path.basename(path)))
+    for name in PRETRAINING_FILES:
+        source = os.path.join(output_folder, name)
+        # the checkpoint is final: copied once, not again for every run fine-tuned from it
+        if os.path.isfile(source) and not (name == "checkpoint_final.pth"
+                                           and os.path.isfile(os.path.join(target, name))):
+            _copy(source, os.path.join(target, name))
+    _copy_training_logs(output_folder, target)
 
 
 def restore_pretraining(archive: str, trainer: str, output_folder: str) -> bool:

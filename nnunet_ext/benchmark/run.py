@@ -310,7 +310,7 @@ class Benchmark:
 
     def run_one(self, method: dict, entry: dict) -> dict:
         """Train, predict and evaluate one (method, fold); cached in ``metrics/``."""
-        from nnunet_ext.benchmark.budget import recorded_budget, step_budget
+        from nnunet_ext.benchmark.budget import epoch_seconds, recorded_budget, step_budget
 
         fold, trainer, name = entry["fold"], method["trainer"], method_name(method)
         metrics_file = os.path.join(self.work, "metrics", f"{name}__fold{fold}.json")
@@ -341,8 +341,6 @@ class Benchmark:
         if not s["tta"]:
             predict.append("--disable_tta")
         predict_seconds = self.command(predict, f"predict__{name}__fold{fold}.log", results=root)
-        from nnunet_ext.benchmark.budget import epoch_seconds
-
         logged = epoch_seconds(output)
         result = dict(entry, trainer=name, train_seconds=train_seconds, predict_seconds=predict_seconds,
                       pretrain=method.get("pretrain"), pretrain_seconds=pretrain_seconds, epochs=epochs,
