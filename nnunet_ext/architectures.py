@@ -40,8 +40,8 @@ class _SingleOutput:
 class SwinUNETR(nn.Module):
     """MONAI's ``SwinUNETR`` (Hatamizadeh et al. 2022) with nnU-Net's constructor.
 
-    The patch edges must be multiples of 32 and at least 64 (five halvings; the bottleneck needs more than one
-    voxel for instance normalisation in training).
+    The patch edges must be multiples of 32 (five halvings), and not all three 32: instance normalisation in
+    training needs more than one voxel at the bottleneck (the tests train on 32x64x64).
 
     Args:
         input_channels: image channels (nnU-Net passes it).

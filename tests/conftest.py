@@ -155,14 +155,63 @@ def resenc_semi_dataset(tiny_semi_dataset):
     return add_resenc_plans(tiny_semi_dataset)
 
 
-def pretrain_volume_fusion(ds, configuration, trainer_name, plans="nnUNetPlans"):
-    """Volume Fusion pretraining through ``nnUNetv2_train ... all``; returns (checkpoint path, network weights)."""
+def train_as_nnunet_does(ds, trainer_name, configuration, fold, monkeypatch, plans="nnUNetPlans"):
+    """Train ``trainer_name`` in this process as ``nnUNetv2_train`` does: the class found by name (nnU-Net's lookup,
+    through ``nnUNet_extTrainer``), its whole budget, checkpoints and ``checkpoint_final.pth``; without the final
+    validation. A smoke trainer's 8 steps take seconds here; a subprocess adds half a minute of imports and
+    spawned workers, which the end-to-end tests of each method pay once. Returns the trainer."""
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    for key, value in nnunet_env(ds, training=True).items():
+        if key.startswith("nnUNet_"):
+            monkeypatch.setenv(key, value)
+    trainer = get_trainer_from_args(str(ds["dataset_id"]), configuration, fold, trainer_name, plans,
+                                    device=torch.device("cpu"))
+    trainer.run_training()
+    return trainer
+
+
+def predict_as_nnunet_does(run_folder, image_file, fold=0):
+    """Predict one image with nnU-Net's predictor set up from a results folder as ``nnUNetv2_predict`` sets it up:
+    the trainer class found by the name in the checkpoint, its ``build_network_architecture`` without deep
+    supervision, the weights loaded strictly. In this process and without mirroring. Returns (segmentation,
+    image) as arrays."""
+    import torch
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False, device=torch.device("cpu"),
+                                allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(run_folder, use_folds=(fold,))
+    image, properties = SimpleITKIO().read_images([image_file])
+    return predictor.predict_single_npy_array(image, properties), image
+
+
+def check_stock_prediction(ds, trainer):
+    """Predict the dataset's first test image from ``trainer``'s results (``predict_as_nnunet_does``) and check
+    the segmentation: the image's shape, only the dataset's labels."""
+    import glob
+
+    import numpy as np
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    image_file = sorted(glob.glob(os.path.join(ds["raw"], ds["dataset_name"], "imagesTs", "*_0000.nii.gz")))[0]
+    segmentation, image = predict_as_nnunet_does(os.path.dirname(trainer.output_folder), image_file,
+                                                 fold=trainer.fold)
+    labels = set(load_json(os.path.join(ds["raw"], ds["dataset_name"], "dataset.json"))["labels"].values())
+    assert segmentation.shape == image.shape[1:]
+    assert set(np.unique(segmentation).tolist()) <= labels
+    return segmentation
+
+
+def pretrain_volume_fusion(ds, configuration, trainer_name, monkeypatch, plans="nnUNetPlans"):
+    """Volume Fusion pretraining on fold ``all`` as ``nnUNetv2_train ... all`` does it (in this process, see
+    ``train_as_nnunet_does``); returns (checkpoint path, network weights)."""
     import torch
 
-    run_command(["nnUNetv2_train", ds["dataset_id"], configuration, "all", "-p", plans, "-tr", trainer_name,
-                 "-device", "cpu"], nnunet_env(ds, training=True), timeout=900)
-    path = os.path.join(ds["results"], ds["dataset_name"], f"{trainer_name}__{plans}__{configuration}", "fold_all",
-                        "checkpoint_final.pth")
+    trainer = train_as_nnunet_does(ds, trainer_name, configuration, "all", monkeypatch, plans)
+    path = os.path.join(trainer.output_folder, "checkpoint_final.pth")
     return path, torch.load(path, map_location="cpu", weights_only=False)["network_weights"]
 
 

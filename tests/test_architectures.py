@@ -1,7 +1,6 @@
 """An architecture from outside nnU-Net, named in the plans by its import path: MONAI's SwinUNETR through
-``nnunet_ext.architectures.SwinUNETR``, with MedContext and SimCVD (real commands, stock prediction), Volume
-Fusion and plain nnU-Net without deep supervision."""
-import glob
+``nnunet_ext.architectures.SwinUNETR``, with MedContext and SimCVD (trained and predicted as nnU-Net's commands
+do), Volume Fusion and plain nnU-Net without deep supervision."""
 import json
 import os
 
@@ -9,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (make_trainer, nnunet_env, pretrain_volume_fusion, reinit_output_and_load, run_command,
-                      short_budget)
+from conftest import (check_stock_prediction, make_trainer, pretrain_volume_fusion, reinit_output_and_load,
+                      short_budget, train_as_nnunet_does)
 
 CONFIG = "3d_swin"
 SWIN = {"network_class_name": "nnunet_ext.architectures.SwinUNETR",
@@ -20,12 +19,13 @@ SWIN = {"network_class_name": "nnunet_ext.architectures.SwinUNETR",
 
 @pytest.fixture(scope="module")
 def swin_plans(tiny_semi_dataset):
-    """Dataset 502 with a '3d_swin' configuration: SwinUNETR on 64^3 patches, reusing 3d_fullres' data."""
+    """Dataset 502 with a '3d_swin' configuration: SwinUNETR on 32x64x64 patches (about the smallest that its five
+    halvings and a bottleneck of more than one voxel allow), reusing 3d_fullres' data."""
     ds = tiny_semi_dataset
     plans_file = os.path.join(ds["preprocessed"], ds["dataset_name"], "nnUNetPlans.json")
     with open(plans_file) as f:
         plans = json.load(f)
-    plans["configurations"][CONFIG] = {"inherits_from": "3d_fullres", "patch_size": [64, 64, 64],
+    plans["configurations"][CONFIG] = {"inherits_from": "3d_fullres", "patch_size": [32, 64, 64],
                                        "batch_size": 1, "architecture": SWIN}
     with open(plans_file + ".tmp", "w") as f:
         json.dump(plans, f, indent=1)
@@ -34,21 +34,15 @@ def swin_plans(tiny_semi_dataset):
 
 
 @pytest.mark.parametrize("trainer_name", ["nnUNetTrainerMedContext_smoke", "nnUNetTrainerSimCVD_smoke"])
-def test_trains_and_stock_predict_runs(swin_plans, trainer_name):
-    ds = swin_plans
-    run_command(["nnUNetv2_train", ds["dataset_id"], CONFIG, 0, "-tr", trainer_name, "-device", "cpu"],
-                nnunet_env(ds, training=True), timeout=900)
-    folder = os.path.join(ds["results"], ds["dataset_name"], f"{trainer_name}__nnUNetPlans__{CONFIG}", "fold_0")
-    checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+def test_trains_and_stock_predict_runs(swin_plans, trainer_name, monkeypatch):
+    trainer = train_as_nnunet_does(swin_plans, trainer_name, CONFIG, 0, monkeypatch)
+    checkpoint = torch.load(os.path.join(trainer.output_folder, "checkpoint_final.pth"), map_location="cpu",
+                            weights_only=False)
     assert any(k.startswith("swin_unetr.") for k in checkpoint["network_weights"])
     assert checkpoint["nnunet_ext"]["global_step"] == 8
     if "SimCVD" in trainer_name:
         assert min(checkpoint["logging"]["pairwise"]) > 0  # the bottleneck was read through the adapter
-    out = os.path.join(ds["results"], f"predictions_swin_{trainer_name}")
-    run_command(["nnUNetv2_predict", "-i", os.path.join(ds["raw"], ds["dataset_name"], "imagesTs"), "-o", out,
-                 "-d", ds["dataset_id"], "-c", CONFIG, "-f", 0, "-tr", trainer_name,
-                 "-device", "cpu", "-npp", 1, "-nps", 1, "--disable_tta"], nnunet_env(ds))
-    assert len(glob.glob(os.path.join(out, "*.nii.gz"))) == 2
+    check_stock_prediction(swin_plans, trainer)
 
 
 def test_plain_nnunet_without_deep_supervision_trains(swin_plans, monkeypatch):
@@ -68,7 +62,7 @@ def test_volume_fusion_pretrains_and_fine_tunes_after_reinit_output(swin_plans, 
         nnUNetTrainerNoDeepSupervision
 
     ds = swin_plans
-    pretrained, weights = pretrain_volume_fusion(ds, CONFIG, "nnUNetTrainerVolumeFusion_smoke")
+    pretrained, weights = pretrain_volume_fusion(ds, CONFIG, "nnUNetTrainerVolumeFusion_smoke", monkeypatch)
     assert weights["swin_unetr.out.conv.conv.weight"].shape[0] == 5  # K + 1 fusion classes
     refused, _, target = reinit_output_and_load(ds, CONFIG, nnUNetTrainerNoDeepSupervision, pretrained,
                                                 str(tmp_path / "swin_finetune.pth"), monkeypatch)

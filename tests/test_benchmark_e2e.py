@@ -9,8 +9,9 @@ from conftest import run_command
 
 def test_quick_benchmark_tiny(tmp_path):
     work = tmp_path / "bench"
+    # SimCVD runs inside the combined trainer here; its own trainer has its end-to-end tests (test_e2e_simcvd.py)
     args = ["nnUNetv2_ext_benchmark", "--quick", "--work", work, "-tr", "nnUNetTrainer", "nnUNetTrainerMedContext",
-            "nnUNetTrainerSimCVD", "VolumeFusion+nnUNetTrainer", "VolumeFusion+nnUNetTrainerSimCVDMedContext",
+            "VolumeFusion+nnUNetTrainer", "VolumeFusion+nnUNetTrainerSimCVDMedContext",
             "nnUNetTrainer_sameTimeAs_MedContext", "--num-train", 5, "--num-val", 1, "--num-test", 2,
             "--num-unlabeled", 2, "--shape", 24, 48, 48, "-c", "3d_tiny",
             "--epochs", 1, "--iterations", 2, "--val-iterations", 1, "--fractions", 0.5, "--seeds", 0,
@@ -23,10 +24,10 @@ def test_quick_benchmark_tiny(tmp_path):
         assert (report / name).is_file(), name
     with open(report / "results_per_case.csv") as f:
         rows = list(csv.DictReader(f))
-    # 6 methods x 1 fold x 2 test cases x 7 organs
-    assert len(rows) == 6 * 2 * 7
-    assert {r["trainer"] for r in rows} == {"nnUNetTrainer", "nnUNetTrainerMedContext", "nnUNetTrainerSimCVD",
-                                            "VolumeFusion+nnUNetTrainer", "VolumeFusion+nnUNetTrainerSimCVDMedContext",
+    # 5 methods x 1 fold x 2 test cases x 7 organs
+    assert len(rows) == 5 * 2 * 7
+    assert {r["trainer"] for r in rows} == {"nnUNetTrainer", "nnUNetTrainerMedContext", "VolumeFusion+nnUNetTrainer",
+                                            "VolumeFusion+nnUNetTrainerSimCVDMedContext",
                                             "nnUNetTrainer_sameTimeAs_MedContext"}
     # the equal-wall-clock run got the epochs that MedContext's epoch times ask for, in its own results folder
     same_time = json.load(open(work / "metrics" / "nnUNetTrainer_sameTimeAs_MedContext__fold0.json"))
@@ -52,7 +53,7 @@ def test_quick_benchmark_tiny(tmp_path):
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows if r["dice"] != "nan")
     manifest = json.load(open(work / "splits_manifest.json"))
     assert manifest == [{"fold": 0, "fraction": 0.5, "seed": 0, "num_labeled": 2}]
-    assert "| nnUNetTrainerMedContext |" in out and "| nnUNetTrainerSimCVD |" in out
+    assert "| nnUNetTrainerMedContext |" in out and "| VolumeFusion+nnUNetTrainerSimCVDMedContext |" in out
     # resumable: a second call redoes nothing and reports the same table
     before = sorted(os.listdir(work / "logs"))
     again = run_command(args, env, timeout=300).stdout

@@ -253,7 +253,8 @@ def test_pretraining_on_residual_encoder_unet_fine_tunes_through_nnunets_loader(
     from conftest import RESENC_PLANS
 
     ds = resenc_planned_dataset
-    checkpoint, weights = pretrain_volume_fusion(ds, CONFIG, "nnUNetTrainerVolumeFusion_smoke", RESENC_PLANS)
+    checkpoint, weights = pretrain_volume_fusion(ds, CONFIG, "nnUNetTrainerVolumeFusion_smoke", monkeypatch,
+                                                 plans=RESENC_PLANS)
     assert any(".stages.0.blocks." in k for k in weights)  # residual encoder blocks
     assert _output_channels(weights) == 5
     monkeypatch.setenv("nnUNet_results", str(tmp_path))

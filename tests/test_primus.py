@@ -1,13 +1,12 @@
 """The methods on nnU-Net's Primus trainers: nnU-Net's Primus network and settings, our steps, stock prediction."""
-import glob
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import (make_trainer, nnunet_env, pretrain_volume_fusion, reinit_output_and_load, run_command,
-                      short_budget)
+from conftest import (check_stock_prediction, make_trainer, pretrain_volume_fusion, reinit_output_and_load,
+                      short_budget, train_as_nnunet_does)
 
 CONFIG = "3d_tiny"  # patch 16x32x32: divisible by Primus' 8x8x8 patch embedding
 
@@ -78,7 +77,7 @@ def test_volume_fusion_on_primus_pretrains_with_k_plus_one_outputs(tiny_planned_
     from nnunetv2.training.nnUNetTrainer.primus.primus_trainers import nnUNet_Primus_S_Trainer
 
     ds = tiny_planned_dataset
-    pretrained, weights = pretrain_volume_fusion(ds, CONFIG, "nnUNetTrainerVolumeFusion_Primus_S_smoke")
+    pretrained, weights = pretrain_volume_fusion(ds, CONFIG, "nnUNetTrainerVolumeFusion_Primus_S_smoke", monkeypatch)
     final = sorted(k for k in weights if k.startswith("up_projection.decode.") and k.endswith(".weight"))[-1]
     assert weights[final].shape[1] == 5  # ConvTranspose3d weight: (in, out, ...); K + 1 fusion classes
 
@@ -97,19 +96,14 @@ def test_volume_fusion_on_primus_pretrains_with_k_plus_one_outputs(tiny_planned_
 
 @pytest.mark.parametrize("name, dataset_fixture", [("nnUNetTrainerMedContext_Primus_S_smoke", "tiny_planned_dataset"),
                                                    ("nnUNetTrainerSimCVD_Primus_S_smoke", "tiny_semi_dataset")])
-def test_trains_and_stock_predict_runs(name, dataset_fixture, request):
+def test_trains_and_stock_predict_runs(name, dataset_fixture, request, monkeypatch):
     ds = request.getfixturevalue(dataset_fixture)
-    run_command(["nnUNetv2_train", ds["dataset_id"], CONFIG, 0, "-tr", name, "-device", "cpu"],
-                nnunet_env(ds, training=True), timeout=900)
-    folder = os.path.join(ds["results"], ds["dataset_name"], f"{name}__nnUNetPlans__{CONFIG}", "fold_0")
-    checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    trainer = train_as_nnunet_does(ds, name, CONFIG, 0, monkeypatch)
+    checkpoint = torch.load(os.path.join(trainer.output_folder, "checkpoint_final.pth"), map_location="cpu",
+                            weights_only=False)
     assert any(k.startswith("eva.") for k in checkpoint["network_weights"])
     assert checkpoint["nnunet_ext"]["global_step"] == 8
-    out = os.path.join(ds["results"], f"predictions_primus_{name}")
-    run_command(["nnUNetv2_predict", "-i", os.path.join(ds["raw"], ds["dataset_name"], "imagesTs"), "-o", out,
-                 "-d", ds["dataset_id"], "-c", CONFIG, "-f", 0, "-tr", name, "-device", "cpu", "-npp", 1,
-                 "-nps", 1, "--disable_tta"], nnunet_env(ds))
-    assert len(glob.glob(os.path.join(out, "*.nii.gz"))) == 2
+    check_stock_prediction(ds, trainer)
 
 
 def test_reinitialise_output_layer_replaces_exactly_the_output_layer(tmp_path):
