@@ -128,6 +128,17 @@ def short_budget(cls, **attributes):
     return Short
 
 
+def set_nnunet_env(ds, monkeypatch=None):
+    """Put the dataset's nnU-Net folders (and the training settings of ``nnunet_env``) into this process'
+    environment, through ``monkeypatch`` when given, else into ``os.environ``."""
+    for key, value in nnunet_env(ds, training=True).items():
+        if key.startswith("nnUNet_"):
+            if monkeypatch is not None:
+                monkeypatch.setenv(key, value)
+            else:
+                os.environ[key] = value
+
+
 def make_trainer(ds, cls, configuration="3d_tiny", plans_name="nnUNetPlans", fold=0, monkeypatch=None,
                  dataset_json=None, continue_training=False):
     """Build a trainer in this process as nnUNetv2_train does, with the dataset's nnU-Net folders in the
@@ -135,12 +146,7 @@ def make_trainer(ds, cls, configuration="3d_tiny", plans_name="nnUNetPlans", fol
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
-    for key, value in nnunet_env(ds, training=True).items():
-        if key.startswith("nnUNet_"):
-            if monkeypatch is not None:
-                monkeypatch.setenv(key, value)
-            else:
-                os.environ[key] = value
+    set_nnunet_env(ds, monkeypatch)
     folder = os.path.join(ds["preprocessed"], ds["dataset_name"])
     plans = load_json(os.path.join(folder, plans_name + ".json"))
     plans["continue_training"] = continue_training
@@ -163,42 +169,32 @@ def train_as_nnunet_does(ds, trainer_name, configuration, fold, monkeypatch, pla
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    for key, value in nnunet_env(ds, training=True).items():
-        if key.startswith("nnUNet_"):
-            monkeypatch.setenv(key, value)
+    set_nnunet_env(ds, monkeypatch)
     trainer = get_trainer_from_args(str(ds["dataset_id"]), configuration, fold, trainer_name, plans,
                                     device=torch.device("cpu"))
     trainer.run_training()
     return trainer
 
 
-def predict_as_nnunet_does(run_folder, image_file, fold=0):
-    """Predict one image with nnU-Net's predictor set up from a results folder as ``nnUNetv2_predict`` sets it up:
-    the trainer class found by the name in the checkpoint, its ``build_network_architecture`` without deep
-    supervision, the weights loaded strictly. In this process and without mirroring. Returns (segmentation,
-    image) as arrays."""
+def check_stock_prediction(ds, trainer):
+    """Predict the dataset's first test image from ``trainer``'s results with nnU-Net's predictor set up as
+    ``nnUNetv2_predict`` sets it up (the trainer class found by the name in the checkpoint, its
+    ``build_network_architecture`` without deep supervision, the weights loaded strictly), in this process and
+    without mirroring; check the segmentation: the image's shape, only the dataset's labels."""
+    import glob
+
+    import numpy as np
     import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False, device=torch.device("cpu"),
                                 allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(run_folder, use_folds=(fold,))
-    image, properties = SimpleITKIO().read_images([image_file])
-    return predictor.predict_single_npy_array(image, properties), image
-
-
-def check_stock_prediction(ds, trainer):
-    """Predict the dataset's first test image from ``trainer``'s results (``predict_as_nnunet_does``) and check
-    the segmentation: the image's shape, only the dataset's labels."""
-    import glob
-
-    import numpy as np
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-
+    predictor.initialize_from_trained_model_folder(os.path.dirname(trainer.output_folder), use_folds=(trainer.fold,))
     image_file = sorted(glob.glob(os.path.join(ds["raw"], ds["dataset_name"], "imagesTs", "*_0000.nii.gz")))[0]
-    segmentation, image = predict_as_nnunet_does(os.path.dirname(trainer.output_folder), image_file,
-                                                 fold=trainer.fold)
+    image, properties = SimpleITKIO().read_images([image_file])
+    segmentation = predictor.predict_single_npy_array(image, properties)
     labels = set(load_json(os.path.join(ds["raw"], ds["dataset_name"], "dataset.json"))["labels"].values())
     assert segmentation.shape == image.shape[1:]
     assert set(np.unique(segmentation).tolist()) <= labels

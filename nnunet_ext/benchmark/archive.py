@@ -167,11 +167,10 @@ def restore(archive: str, work: str, splits_file: str) -> List[str]:
     if os.path.isdir(os.path.dirname(splits_file)):
         pairs.append((splits_file, os.path.join(archive, "splits_final.json")))
     for local_file, archived_file in pairs:
-        if os.path.isfile(archived_file):
-            updates.append((local_file, _merged_folds(local_file, _read(archived_file))))
+        merged = _merged_folds(local_file, _read(archived_file)) if os.path.isfile(archived_file) else None
+        if merged is not None:
+            updates.append((local_file, merged))
     for path, folds in updates:
-        if folds is None:
-            continue
         _write(path, folds)
     if os.path.isfile(os.path.join(archive, "dataset.json")) and not os.path.isfile(os.path.join(work, "dataset.json")):
         _copy(os.path.join(archive, "dataset.json"), os.path.join(work, "dataset.json"))
