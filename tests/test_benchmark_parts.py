@@ -386,6 +386,21 @@ def test_quick_mode_leaves_out_equal_wall_clock_runs_unless_named(monkeypatch, t
     assert {"nnUNetTrainer_sameTimeAs_MedContext", "nnUNetTrainerMedContext_halfBatch"} <= set(chosen[2])
 
 
+def test_mode_picks_the_settings_and_the_default_work_folder(monkeypatch, tmp_path, capsys):
+    from nnunet_ext.benchmark import run
+
+    seen = []
+    monkeypatch.setattr(run.Benchmark, "run", lambda self: seen.append((self.work, self.settings)) or "")
+    monkeypatch.chdir(tmp_path)
+    run.main(["--mode", "cpu", "-tr", "nnUNetTrainer"])
+    run.main(["--mode", "cpu", "--epochs", "7", "-tr", "nnUNetTrainer"])
+    assert seen[0] == (str(tmp_path / "work_data" / "benchmark_cpu"), run.MODES["cpu"])
+    assert seen[1][1] == dict(run.MODES["cpu"], epochs=7)
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--mode", "cpu", "--quick"])
+    assert exit_info.value.code == 2 and "--quick contradicts --mode cpu" in capsys.readouterr().err
+
+
 def test_training_curves_from_nnunet_logs(tmp_path):
     from nnunet_ext.benchmark.curves import main as curves_main
     from nnunet_ext.benchmark.curves import parse_training_log, read_run
@@ -480,22 +495,23 @@ def test_benchmark_training_writes_checkpoints_atomically(tmp_path):
     assert target.read_text() == "half and whole"  # the previous checkpoint is untouched
 
 
-def test_cpu_grid_script_runs_every_method_of_the_full_grid():
-    """scripts/full_cpu_grid.sh names methods by hand: each must exist in methods.json, and together its calls
-    must cover every method at every fraction and seed of the full mode."""
+@pytest.mark.parametrize("mode", ["cpu", "full"])
+def test_grid_script_runs_every_method_of_its_modes_grid(mode):
+    """scripts/benchmark_grid.sh names methods by hand: each must exist in methods.json, and together its calls
+    must cover every method at every fraction and seed of the mode's grid, in that mode."""
     import shlex
     import subprocess
 
     from nnunet_ext.benchmark.run import MODES, benchmark_methods, method_name
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(["bash", os.path.join(root, "scripts", "full_cpu_grid.sh"), "--dry-run", "WORK", "ARCHIVE"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["bash", os.path.join(root, "scripts", "benchmark_grid.sh"), "--dry-run", "--mode", mode,
+                          "WORK", "ARCHIVE"], capture_output=True, text=True, check=True).stdout
     covered, report_only = set(), False
     for line in out.splitlines():
         args = shlex.split(line)[2:]  # after the date and time
-        assert args[:7] == [".venv/bin/nnUNetv2_ext_benchmark", "-device", "cpu", "--work", "WORK", "--archive",
-                            "ARCHIVE"], line
+        assert args[:9] == [".venv/bin/nnUNetv2_ext_benchmark", "--mode", mode, "-device", "cpu", "--work", "WORK",
+                            "--archive", "ARCHIVE"], line
         if "--report-only" in args:
             report_only = True
             continue
@@ -504,9 +520,27 @@ def test_cpu_grid_script_runs_every_method_of_the_full_grid():
         covered |= {(m, float(f), int(s)) for m in args[args.index("-tr") + 1:] for f in fractions for s in seeds}
     known = {method_name(m) for m in benchmark_methods()}
     assert {m for m, _, _ in covered} == known
-    full = MODES["full"]
-    assert covered == {(m, f, s) for m in known for f in full["fractions"] for s in full["seeds"]}
+    grid = MODES[mode]
+    assert covered == {(m, f, s) for m in known for f in grid["fractions"] for s in grid["seeds"]}
     assert report_only and "--report-only" in out.splitlines()[-1]
+
+
+def test_grid_script_refuses_an_unknown_mode():
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(["bash", os.path.join(root, "scripts", "benchmark_grid.sh"), "--dry-run", "--mode", "gpu"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "--mode must be cpu or full" in out.stderr
+
+
+def test_cpu_mode_is_the_full_grid_on_a_smaller_volume():
+    """The CPU grid keeps full's cases, splits, seeds and phantom difficulty; only the volume and budget differ."""
+    from nnunet_ext.benchmark.run import MODES
+
+    same = {k: v for k, v in MODES["full"].items() if k not in ("shape", "epochs")}
+    assert {k: MODES["cpu"][k] for k in same} == same
+    assert all(c < f for c, f in zip(MODES["cpu"]["shape"], MODES["full"]["shape"]))
 
 
 def test_unfinished_runs_report_how_far_they_got(tmp_path):
@@ -619,6 +653,79 @@ def test_archived_runs_carry_a_benchmark_over_to_a_new_work_folder(tmp_path):
     other = Benchmark(str(tmp_path / "third"), dict(settings, shape=(16, 16, 16)), [plain], "cpu", 0, archive=store)
     with pytest.raises(UserInputError, match="does not belong to the work folder.*shape"):
         other.report_finished()
+
+
+def test_unfinished_runs_kept_in_the_archive_resume_on_a_new_work_folder(tmp_path):
+    """--keep-unfinished hands a started run (and a started pretraining) to the next machine: its latest
+    checkpoint, budget and logs come back into the same output folder of a new work folder, so the training
+    resumes there; a local checkpoint is never overwritten, and a finished run drops its unfinished copy."""
+    import json
+
+    from nnunet_ext.benchmark import archive
+    from nnunet_ext.benchmark.budget import recorded_budget
+    from nnunet_ext.benchmark.run import Benchmark, benchmark_methods, method_name
+    from nnunet_ext.errors import UserInputError
+
+    methods = {method_name(m): m for m in benchmark_methods()}
+    plain, fused = methods["nnUNetTrainer"], methods["VolumeFusion+nnUNetTrainer"]
+    settings = dict(configuration="3d_small", epochs=4, iterations=10, val_iterations=2, num_val=2,
+                    fractions=(0.5,), seeds=(0,), shape=(8, 8, 8))
+    store = str(tmp_path / "archive")
+    first = Benchmark(str(tmp_path / "first"), settings, [plain, fused], "cpu", 0, archive=store)
+    with pytest.raises(UserInputError, match="--archive"):
+        Benchmark(str(tmp_path / "x"), settings, [plain], "cpu", 0).keep_unfinished()
+    assert first.keep_unfinished().startswith("No started, unfinished run")
+    raw = tmp_path / "first" / "raw" / first.dataset
+    (raw / "labelsTr").mkdir(parents=True)
+    for case in IDS[:6]:
+        (raw / "labelsTr" / f"{case}.nii.gz").touch()
+    (tmp_path / "first" / "preprocessed" / first.dataset).mkdir(parents=True)
+    entry = first.write_splits()[0]
+    budget = dict(num_epochs=4, num_iterations_per_epoch=10, num_val_iterations_per_epoch=2)
+
+    def started(folder, epochs_done, weights):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "training_log_1.txt"), "w") as f:
+            f.write("".join(f"x: Epoch {e} \nx: Pseudo dice [np.float32(0.5)] \nx: Epoch time: 3.0 s \n"
+                            for e in range(epochs_done)))
+        with open(os.path.join(folder, "debug.json"), "w") as f:
+            json.dump({k: str(v) for k, v in budget.items()}, f)
+        with open(os.path.join(folder, "checkpoint_latest.pth"), "wb") as f:
+            f.write(weights)
+
+    started(first.output_folder(plain, entry["fold"]), 2, b"plain at epoch 2")
+    started(first.pretraining_folder(fused), 3, b"fusion at epoch 3")
+    text = first.keep_unfinished()
+    assert "nnUNetTrainer__fold0 (training: 2 of 4 epochs done)" in text and "nnUNetTrainerVolumeFusion pretraining" in text
+    assert sorted(os.listdir(os.path.join(store, "unfinished"))) == ["nnUNetTrainer__fold0",
+                                                                     "pretraining__nnUNetTrainerVolumeFusion"]
+
+    second = Benchmark(str(tmp_path / "second"), settings, [plain, fused], "cpu", 0, archive=store)
+    second.restore_archive()  # --report-only's restore leaves checkpoints where they are
+    assert not os.path.exists(second.output_folder(plain, entry["fold"]))
+    second.restore_archive(unfinished=True)
+    for folder, weights in ((second.output_folder(plain, entry["fold"]), b"plain at epoch 2"),
+                            (second.pretraining_folder(fused), b"fusion at epoch 3")):
+        assert open(os.path.join(folder, "checkpoint_latest.pth"), "rb").read() == weights
+        assert os.listdir(folder) and "training_log_1.txt" in os.listdir(folder)
+    assert second.progress_note(plain, entry["fold"]) == " (training: 2 of 4 epochs done)"
+    # its budget came along: a call with another budget refuses to resume it
+    assert recorded_budget(second.output_folder(plain, entry["fold"])) == budget
+
+    # the second machine got further: restoring again never overwrites its own checkpoint
+    started(second.output_folder(plain, entry["fold"]), 3, b"plain at epoch 3")
+    second.restore_archive(unfinished=True)
+    assert open(os.path.join(second.output_folder(plain, entry["fold"]), "checkpoint_latest.pth"), "rb").read() == \
+        b"plain at epoch 3"
+    # a finished run is archived and its unfinished copy dropped
+    with open(os.path.join(second.work, "metrics", "nnUNetTrainer__fold0.json"), "w") as f:
+        json.dump(dict(entry, trainer="nnUNetTrainer", budget=budget, epochs=4, cases={}), f)
+    second.keep_run(plain, entry["fold"])
+    assert os.listdir(os.path.join(store, "unfinished")) == ["pretraining__nnUNetTrainerVolumeFusion"]
+    # an archive entry that points outside the work folder is refused
+    archive._write(os.path.join(store, "unfinished", "evil", "where.json"), {"output_folder": "../elsewhere"})
+    with pytest.raises(UserInputError, match="outside the work folder"):
+        Benchmark(str(tmp_path / "third"), settings, [plain], "cpu", 0, archive=store).restore_archive(True)
 
 
 def test_archive_refuses_runs_made_on_other_generated_data(tmp_path):

@@ -18,9 +18,13 @@ Archive layout (all JSON or text)::
     metrics/<run>.json       one finished run (the benchmark's metrics file, unchanged)
     training_logs/<run>/     nnU-Net's training_log_*.txt of that run (curves, epoch times)
     pretraining/<trainer>/   a finished pretraining run: checkpoint_final.pth (about 3 MB for the benchmark's
-                             network), nnU-Net's debug.json (its step budget) and training logs. The one binary
-                             file: every fine-tuning run of every seed and fraction starts from it, and making it
-                             again takes as long as a training run.
+                             network), nnU-Net's debug.json (its step budget) and training logs. Every
+                             fine-tuning run of every seed and fraction starts from it, and making it again takes
+                             as long as a training run.
+    unfinished/<run>/        only after ``--keep-unfinished``: a started run's checkpoint_latest.pth, debug.json
+                             and training logs, and where.json (its output folder, relative to the work folder),
+                             so that a run longer than its machine's life resumes on the next one instead of
+                             starting over. Removed when the run finishes.
 """
 import glob
 import json
@@ -233,3 +237,49 @@ def restore_pretraining(archive: str, trainer: str, output_folder: str) -> bool:
     for name in sorted(os.listdir(source), key=lambda n: n == "checkpoint_final.pth"):
         _copy(os.path.join(source, name), os.path.join(output_folder, name))
     return True
+
+
+UNFINISHED_FILES = ("debug.json", "checkpoint_latest.pth")  # the checkpoint last: see restore_unfinished
+
+
+def store_unfinished(archive: str, run: str, work: str, output_folder: str) -> bool:
+    """Copy a started, unfinished run (latest checkpoint, debug.json, training logs) into ``unfinished/<run>``;
+    False if the run has written no checkpoint yet. Safe while the run trains: nnunet-ext writes its
+    checkpoints by renaming a finished file into place, so the copy is of one whole checkpoint."""
+    if not os.path.isfile(os.path.join(output_folder, "checkpoint_latest.pth")):
+        return False
+    target = os.path.join(archive, "unfinished", run)
+    for name in UNFINISHED_FILES:
+        if os.path.isfile(os.path.join(output_folder, name)):
+            _copy(os.path.join(output_folder, name), os.path.join(target, name))
+    _copy_training_logs(output_folder, target)
+    _write(os.path.join(target, "where.json"), {"output_folder": os.path.relpath(output_folder, work)})
+    return True
+
+
+def restore_unfinished(archive: str, work: str) -> List[str]:
+    """Put every archived unfinished run into its output folder in ``work`` where that folder holds no checkpoint
+    and the run has not finished there; return the runs restored."""
+    restored = []
+    for folder in sorted(glob.glob(os.path.join(archive, "unfinished", "*", "where.json"))):
+        source, run = os.path.dirname(folder), os.path.basename(os.path.dirname(folder))
+        relative = _read(folder)["output_folder"]
+        if os.path.isabs(relative) or relative.split(os.sep)[0] == "..":
+            raise ArchiveMismatchError(f"{folder} names an output folder outside the work folder: {relative}")
+        target = os.path.join(work, relative)
+        if (os.path.isfile(os.path.join(work, "metrics", run + ".json"))
+                or any(os.path.isfile(os.path.join(target, c)) for c in ("checkpoint_latest.pth",
+                                                                         "checkpoint_final.pth"))):
+            continue
+        _copy_training_logs(source, target)
+        # the checkpoint last: a copy interrupted before it leaves no resumable-looking run behind
+        for name in UNFINISHED_FILES:
+            if os.path.isfile(os.path.join(source, name)):
+                _copy(os.path.join(source, name), os.path.join(target, name))
+        restored.append(run)
+    return restored
+
+
+def discard_unfinished(archive: str, run: str) -> None:
+    """Drop the archived unfinished state of a run that has finished (its results are archived now)."""
+    shutil.rmtree(os.path.join(archive, "unfinished", run), ignore_errors=True)

@@ -36,6 +36,12 @@ MODES = {
     "full": dict(num_train=60, num_val=10, num_test=20, num_unlabeled=30, shape=(40, 80, 80),
                  configuration="3d_small", fractions=(0.1, 0.2, 1.0), seeds=(0, 1, 2), epochs=120, iterations=100,
                  val_iterations=10, tta=True, difficulty="hard"),
+    # the full grid sized for 2 CPU cores: the same cases, anatomy and difficulty on a 24x48x48 grid (the whole
+    # volume is one 3d_small patch, 2.4x fewer voxels than full's 32x64x64), and the budget at which plain
+    # nnU-Net with all labels converges on it (docs/benchmarks.md, "The CPU grid")
+    "cpu": dict(num_train=60, num_val=10, num_test=20, num_unlabeled=30, shape=(24, 48, 48),
+                configuration="3d_small", fractions=(0.1, 0.2, 1.0), seeds=(0, 1, 2), epochs=60, iterations=100,
+                val_iterations=10, tta=True, difficulty="hard"),
 }
 
 
@@ -109,8 +115,9 @@ class Benchmark:
     def splits_file(self) -> str:
         return os.path.join(self.paths["preprocessed"], self.dataset, "splits_final.json")
 
-    def restore_archive(self):
-        """Take the finished runs (and their folds) that the archive holds and this work folder lacks."""
+    def restore_archive(self, unfinished: bool = False):
+        """Take the finished runs (and their folds) that the archive holds and this work folder lacks; with
+        ``unfinished``, also the checkpoints of runs kept unfinished (``--keep-unfinished``), to resume them."""
         from nnunet_ext.benchmark import archive
 
         if not self.archive:
@@ -121,6 +128,9 @@ class Benchmark:
             if os.path.isfile(os.path.join(raw, "dataset.json")):  # not for --report-only on a new work folder
                 archive.check_data(self.archive, archive.dataset_fingerprint(raw))
             restored = archive.restore(self.archive, self.work, self.splits_file())
+            if unfinished:
+                restored += [f"{run} (unfinished: resumes from its checkpoint)"
+                             for run in archive.restore_unfinished(self.archive, self.work)]
         except archive.ArchiveMismatchError as e:
             raise UserInputError(f"The archive {self.archive} does not belong to the work folder {self.work}: {e}. "
                                  f"Pass the --archive of this benchmark, or another --archive folder (a new one "
@@ -142,6 +152,33 @@ class Benchmark:
         if self.archive:
             archive.store(self.archive, self.work, self.splits_file(),
                           os.path.join(self.paths["raw"], self.dataset, "dataset.json"), [run])
+            archive.discard_unfinished(self.archive, run)
+
+    def keep_unfinished(self) -> str:
+        """Copy the latest checkpoint of every started, unfinished run into the archive (``--keep-unfinished``),
+        so that a machine that does not last hands its runs on; trains nothing, safe while the benchmark runs."""
+        from nnunet_ext.benchmark import archive
+
+        if not self.archive:
+            raise UserInputError("--keep-unfinished copies into the archive: pass --archive DIR as well.")
+        archive.check_settings(self.archive, self.settings)
+        manifest_file = os.path.join(self.work, "splits_manifest.json")
+        manifest = json.load(open(manifest_file)) if os.path.isfile(manifest_file) else []
+        kept = []
+        for entry in manifest:
+            for method in self.trainers:
+                fold, run = entry["fold"], self.run_name(method, entry["fold"])
+                if (not os.path.isfile(os.path.join(self.work, "metrics", run + ".json"))
+                        and archive.store_unfinished(self.archive, run, self.work, self.output_folder(method, fold))):
+                    kept.append(f"{run}{self.progress_note(method, fold)}")
+        for trainer, folder in {m["pretrain"]: self.pretraining_folder(m) for m in self.trainers
+                                if m.get("pretrain")}.items():
+            if (not os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
+                    and archive.store_unfinished(self.archive, f"pretraining__{trainer}", self.work, folder)):
+                kept.append(f"{trainer} pretraining")
+        if not kept:
+            return f"No started, unfinished run in {self.work}: nothing kept."
+        return f"Kept in {os.path.join(self.archive, 'unfinished')}: " + "; ".join(kept)
 
     def training_logs(self, method: dict, fold) -> str:
         """The folder with a run's nnU-Net training logs: its output folder, or the copy kept when it finished
@@ -276,6 +313,7 @@ class Benchmark:
             from nnunet_ext.benchmark import archive
 
             archive.store_pretraining(self.archive, trainer, os.path.dirname(checkpoint))
+            archive.discard_unfinished(self.archive, f"pretraining__{trainer}")
         return checkpoint, seconds
 
     def refuse_other_budget(self, recorded: dict, expected: dict, what: str):
@@ -469,7 +507,7 @@ class Benchmark:
 
         self.lock()
         self.prepare_data()
-        self.restore_archive()
+        self.restore_archive(unfinished=True)
         manifest = self.write_splits()
         jobs = [(t, entry) for entry in manifest for t in self.trainers]
         results = []
@@ -529,6 +567,10 @@ class Benchmark:
         return self.report(results, missing)
 
 
+def _per_mode(key: str) -> str:
+    return ", ".join(f"{mode}: {settings[key]}" for mode, settings in MODES.items())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_ext_benchmark",
@@ -537,11 +579,12 @@ def main(argv=None):
                     "few-label splits, budget and seeds, predicts the test cases with nnUNetv2_predict and reports "
                     "Dice and HD95 (tables in CSV and Markdown, a plot as PNG) under WORK/report/. Resumable: "
                     "run the same command again to continue.")
-    parser.add_argument("--quick", action="store_true",
-                        help="small settings that finish in about 15 minutes on 2 CPU cores (the default is the full "
-                             "benchmark, sized for a GPU)")
-    parser.add_argument("--work", default=None,
-                        help="work folder (default: work_data/benchmark_quick or work_data/benchmark_full)")
+    parser.add_argument("--mode", choices=tuple(MODES), default="full",
+                        help="quick: small settings that finish in about 15 minutes on 2 CPU cores and show the "
+                             "pipeline, not the methods; cpu: the whole grid (10/20/100 %% labels, 3 seeds) sized "
+                             "for 2 CPU cores; full (default): the grid on larger volumes, sized for a GPU")
+    parser.add_argument("--quick", action="store_true", help="the same as --mode quick")
+    parser.add_argument("--work", default=None, help="work folder (default: work_data/benchmark_MODE)")
     parser.add_argument("-tr", "--trainers", nargs="+", default=None,
                         help="only these trainers (default: all in methods.json)")
     parser.add_argument("--report-only", action="store_true",
@@ -551,25 +594,34 @@ def main(argv=None):
                         help="also keep every finished run's results (per-case metrics, nnU-Net's training logs, the "
                              "folds: small text files) in this folder, and take the runs it holds into the work "
                              "folder: to continue a long benchmark on another machine or after the work folder is "
-                             "lost (the data is regenerated identically; checkpoints are not kept)")
+                             "lost (the data is regenerated identically; checkpoints of unfinished runs only "
+                             "with --keep-unfinished)")
+    parser.add_argument("--keep-unfinished", action="store_true",
+                        help="copy the latest checkpoint (about 3 MB for the benchmark's network, twice that with "
+                             "a teacher) and logs of every started, unfinished run into --archive, for a machine "
+                             "that will not last: the next benchmark call with that archive resumes them instead "
+                             "of starting over; trains nothing, safe while a benchmark runs")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"))
     parser.add_argument("--num-proc-DA", type=int, default=2, help="augmentation workers per training run")
     for key, kind in (("num_train", int), ("num_val", int), ("num_test", int), ("num_unlabeled", int),
                       ("epochs", int), ("iterations", int), ("val_iterations", int)):
         parser.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
-                            help=f"override the mode's {key} (quick: {MODES['quick'][key]}, full: {MODES['full'][key]})")
+                            help=f"override the mode's {key} ({_per_mode(key)})")
     parser.add_argument("--shape", type=int, nargs=3, default=None, help="phantom volume shape (z y x)")
     parser.add_argument("--fractions", type=float, nargs="+", default=None, help="labeled fractions")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("-c", "--configuration", default=None, help="nnU-Net configuration or preset name")
     parser.add_argument("--tta", default=None, choices=("on", "off"), help="mirroring at prediction")
     parser.add_argument("--difficulty", default=None, choices=("standard", "hard"),
-                        help=f"phantom difficulty (nnUNetv2_ext_generate_phantom --help; quick: "
-                             f"{MODES['quick']['difficulty']}, full: {MODES['full']['difficulty']})")
+                        help=f"phantom difficulty (nnUNetv2_ext_generate_phantom --help; {_per_mode('difficulty')})")
     args = parser.parse_args(argv)
+    if args.quick and args.mode not in ("quick", "full"):
+        parser.error(f"--quick contradicts --mode {args.mode}")
+    mode = "quick" if args.quick else args.mode
+    if args.keep_unfinished and args.report_only:
+        parser.error("--keep-unfinished and --report-only are two separate calls")
 
     def run():
-        mode = "quick" if args.quick else "full"
         settings = dict(MODES[mode])
         for key in ("num_train", "num_val", "num_test", "num_unlabeled", "epochs", "iterations", "val_iterations",
                     "shape", "fractions", "seeds", "configuration", "difficulty"):
@@ -578,7 +630,7 @@ def main(argv=None):
         if args.tta is not None:
             settings["tta"] = args.tta == "on"
         methods = benchmark_methods()
-        if args.quick and not args.trainers:
+        if mode == "quick" and not args.trainers:
             # quick runs are dominated by start-up and final validation: their times say nothing per step; and
             # entries marked "quick": false would push it past its 15 minutes
             methods = [m for m in methods if not m.get("same_time_as") and m.get("quick", True)]
@@ -591,7 +643,12 @@ def main(argv=None):
         work = args.work or os.path.join("work_data", f"benchmark_{mode}")
         print(f"nnunet-ext benchmark ({mode}) in {os.path.abspath(work)} with {json.dumps(settings)}")
         benchmark = Benchmark(work, settings, methods, args.device, args.num_proc_DA, args.archive)
-        text = benchmark.report_finished() if args.report_only else benchmark.run()
+        if args.keep_unfinished:
+            text = benchmark.keep_unfinished()
+        elif args.report_only:
+            text = benchmark.report_finished()
+        else:
+            text = benchmark.run()
         print(text)
         print(f"Tables, CSVs and the plot are in {os.path.join(os.path.abspath(work), 'report')}")
 

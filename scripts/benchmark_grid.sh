@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The whole benchmark grid, piece by piece, in the order that answers the project's targets first
+# (docs/benchmarks.md, "The CPU grid"): 10 % labels seed by seed for the baseline and the methods with a target,
+# then 20 % and 100 %, then the ablation and equal-wall-clock rows. Every step is one nnUNetv2_ext_benchmark call
+# on the same work folder, so running this script again (after a reboot, or in the next session) skips finished
+# runs, resumes the interrupted one from its last checkpoint and goes on from there. Stops at the first failure.
+# Every finished run's results also go to the archive folder in the repository (metrics and training logs, a few
+# hundred kB per run; commit it): a machine whose work folder is lost between sessions regenerates the data,
+# takes the archived runs and goes on with the first missing one.
+#
+#   nohup bash scripts/benchmark_grid.sh [--dry-run] [--mode cpu|full] [WORK_FOLDER [ARCHIVE_FOLDER]] > grid.log 2>&1 &
+#
+# --mode cpu (default): the grid sized for 2 CPU cores, in work_data/benchmark_cpu, archived in docs/results/cpu.
+# --mode full: the GPU-sized grid (12,000 steps per run), in work_data/benchmark_full_12k, archived in
+# docs/results/full_12k. --dry-run prints the calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dry_run=false
+mode=cpu
+while [[ $# -gt 0 && "$1" == --* ]]; do
+    case "$1" in
+        --dry-run) dry_run=true; shift ;;
+        --mode) mode="$2"; shift 2 ;;
+        *) echo "benchmark_grid.sh: unknown option $1 (see the comment at the top of $0)" >&2; exit 2 ;;
+    esac
+done
+case "$mode" in
+    cpu) default_work=work_data/benchmark_cpu; default_archive=docs/results/cpu; device=cpu ;;
+    full) default_work=work_data/benchmark_full_12k; default_archive=docs/results/full_12k; device=cpu ;;
+    *) echo "benchmark_grid.sh: --mode must be cpu or full, not $mode" >&2; exit 2 ;;
+esac
+work="${1:-$default_work}"
+archive="${2:-$default_archive}"
+export nnUNet_compile="${nnUNet_compile:-f}"  # torch.compile does not pay off on 2 CPU cores
+
+targets=(nnUNetTrainer nnUNetTrainerMedContext nnUNetTrainerSimCVD VolumeFusion+nnUNetTrainer
+         VolumeFusion+nnUNetTrainerSimCVDMedContext)
+others=(nnUNetTrainerMedContext_halfBatch nnUNetTrainer_sameTimeAs_MedContext nnUNetTrainer_sameTimeAs_SimCVD
+        nnUNetTrainer_sameTimeAs_SimCVDMedContext)
+
+step() {
+    local cmd=(.venv/bin/nnUNetv2_ext_benchmark --mode "$mode" -device "$device" --work "$work" --archive "$archive" "$@")
+    echo "$(date '+%F %T') ${cmd[*]}"
+    if ! $dry_run; then "${cmd[@]}"; fi
+}
+
+for fraction in 0.1 0.2 1.0; do
+    seeds=(0 1 2)
+    # full: seed 0 at 10 % of every method but the combined one was measured before the archive existed
+    # (docs/benchmarks.md), and its runs were lost with their machine: the other seeds first
+    if [[ "$mode" == full && "$fraction" == 0.1 ]]; then seeds=(1 2 0); fi
+    for seed in "${seeds[@]}"; do
+        step --fractions "$fraction" --seeds "$seed" -tr "${targets[@]}"
+    done
+done
+for fraction in 0.1 0.2 1.0; do
+    step --fractions "$fraction" --seeds 0 1 2 -tr "${others[@]}"
+done
+step --report-only
