@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # The whole benchmark grid, piece by piece, in the order that answers the project's targets first
-# (docs/benchmarks.md, "The CPU grid"): 10 % labels seed by seed for the baseline and the methods with a target,
-# then 20 % and 100 %, then the ablation and equal-wall-clock rows. Every step is one nnUNetv2_ext_benchmark call
-# on the same work folder, so running this script again (after a reboot, or in the next session) skips finished
-# runs, resumes the interrupted one from its last checkpoint and goes on from there. Stops at the first failure.
+# (docs/benchmarks.md, "The CPU grid"): plain nnU-Net with all labels (the budget must let it converge), then
+# 10 % labels seed by seed for the baseline and the methods with a target, then 20 % and 100 %, then the ablation
+# and equal-wall-clock rows. Every step is one nnUNetv2_ext_benchmark call on the same work folder, so running
+# this script again (after a reboot, or in the next session) skips finished runs, resumes the interrupted one
+# from its last checkpoint and goes on from there. Stops at the first failure.
 # Every finished run's results also go to the archive folder in the repository (metrics and training logs, a few
 # hundred kB per run; commit it): a machine whose work folder is lost between sessions regenerates the data,
-# takes the archived runs and goes on with the first missing one.
+# takes the archived runs and goes on with the first missing one. Before such a machine goes, keep the started
+# run too (its latest checkpoint, a few MB), so that the next machine resumes it instead of starting over:
+#
+#   .venv/bin/nnUNetv2_ext_benchmark --mode cpu --work work_data/benchmark_cpu --archive docs/results/cpu --keep-unfinished
 #
 #   nohup bash scripts/benchmark_grid.sh [--dry-run] [--mode cpu|full] [WORK_FOLDER [ARCHIVE_FOLDER]] > grid.log 2>&1 &
 #
-# --mode cpu (default): the grid sized for 2 CPU cores, in work_data/benchmark_cpu, archived in docs/results/cpu.
-# --mode full: the GPU-sized grid (12,000 steps per run), in work_data/benchmark_full_12k, archived in
+# --mode cpu (default): the grid on 24x48x48 volumes, sized for 2 CPU cores, in work_data/benchmark_cpu, archived in docs/results/cpu.
+# --mode full: the GPU-sized grid (40x80x80 volumes), in work_data/benchmark_full_12k, archived in
 # docs/results/full_12k. --dry-run prints the calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +49,8 @@ step() {
     if ! $dry_run; then "${cmd[@]}"; fi
 }
 
+# the budget first: plain nnU-Net with all labels must converge on the data (methods.md, section 6)
+step --fractions 1.0 --seeds 0 -tr nnUNetTrainer
 for fraction in 0.1 0.2 1.0; do
     seeds=(0 1 2)
     # full: seed 0 at 10 % of every method but the combined one was measured before the archive existed

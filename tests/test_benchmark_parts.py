@@ -399,6 +399,10 @@ def test_mode_picks_the_settings_and_the_default_work_folder(monkeypatch, tmp_pa
     with pytest.raises(SystemExit) as exit_info:
         run.main(["--mode", "cpu", "--quick"])
     assert exit_info.value.code == 2 and "--quick contradicts --mode cpu" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--mode", "cpu", "--archive", "A", "--keep-unfinished", "--report-only"])
+    assert exit_info.value.code == 2 and "two separate calls" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "A") and len(seen) == 2
 
 
 def test_training_curves_from_nnunet_logs(tmp_path):
@@ -535,10 +539,11 @@ def test_grid_script_refuses_an_unknown_mode():
 
 
 def test_cpu_mode_is_the_full_grid_on_a_smaller_volume():
-    """The CPU grid keeps full's cases, splits, seeds and phantom difficulty; only the volume and budget differ."""
+    """The CPU grid keeps full's cases, splits, seeds, phantom difficulty and step budget; only the volume is
+    smaller."""
     from nnunet_ext.benchmark.run import MODES
 
-    same = {k: v for k, v in MODES["full"].items() if k not in ("shape", "epochs")}
+    same = {k: v for k, v in MODES["full"].items() if k != "shape"}
     assert {k: MODES["cpu"][k] for k in same} == same
     assert all(c < f for c, f in zip(MODES["cpu"]["shape"], MODES["full"]["shape"]))
 
