@@ -405,6 +405,88 @@ def test_mode_picks_the_settings_and_the_default_work_folder(monkeypatch, tmp_pa
     assert not os.path.exists(tmp_path / "A") and len(seen) == 2
 
 
+def test_runs_side_by_side_keep_their_dependencies_and_the_limit(monkeypatch, tmp_path):
+    """--parallel 2: never more than 2 runs at once; an equal-wall-clock run starts after the runs that time it
+    (same fold), fine-tuning runs after the run that makes their shared pretraining; results in job order; each
+    child gets its share of the CPU threads."""
+    import threading
+    import time
+
+    from nnunet_ext.benchmark.run import Benchmark, benchmark_methods, method_name
+
+    methods = {method_name(m): m for m in benchmark_methods()}
+    names = ["nnUNetTrainer", "nnUNetTrainerMedContext", "VolumeFusion+nnUNetTrainer",
+             "VolumeFusion+nnUNetTrainerSimCVDMedContext", "nnUNetTrainer_sameTimeAs_MedContext"]
+    b = Benchmark(str(tmp_path), dict(configuration="3d_small", epochs=4), [methods[n] for n in names], "cpu", 0,
+                  parallel=2)
+    jobs = [(methods[n], dict(fold=fold, fraction=0.1, seed=fold)) for fold in (0, 1) for n in names]
+    events, lock, running = [], threading.Lock(), []
+
+    def fake_run(self, method, entry):
+        key = (method_name(method), entry["fold"])
+        with lock:
+            running.append(key)
+            events.append(("start", key, len(running)))
+        time.sleep(0.05)
+        with lock:
+            running.remove(key)
+            events.append(("end", key))
+        return {"trainer": key[0], "fold": key[1]}
+
+    def fake_run(self, method, entry, fake_run=fake_run):
+        assert self.env(training=True)["OMP_NUM_THREADS"] == str(max(1, os.cpu_count() // 2))
+        return fake_run(self, method, entry)
+
+    monkeypatch.setattr(Benchmark, "run_and_keep", fake_run)
+    results = b.run_side_by_side(jobs)
+    assert [(r["trainer"], r["fold"]) for r in results] == [(method_name(m), e["fold"]) for m, e in jobs]
+    starts = {e[1]: i for i, e in enumerate(events) if e[0] == "start"}
+    ends = {e[1]: i for i, e in enumerate(events) if e[0] == "end"}
+    assert max(e[2] for e in events if e[0] == "start") == 2
+    for fold in (0, 1):
+        same_time = starts[("nnUNetTrainer_sameTimeAs_MedContext", fold)]
+        assert same_time > ends[("nnUNetTrainer", fold)] and same_time > ends[("nnUNetTrainerMedContext", fold)]
+        for name in ("VolumeFusion+nnUNetTrainerSimCVDMedContext", "VolumeFusion+nnUNetTrainer"):
+            if (name, fold) != ("VolumeFusion+nnUNetTrainer", 0):  # the run that makes the pretraining
+                assert starts[(name, fold)] > ends[("VolumeFusion+nnUNetTrainer", 0)]
+    # once the pretraining exists, fine-tuning runs wait for nothing
+    os.makedirs(b.pretraining_folder(methods["VolumeFusion+nnUNetTrainer"]))
+    open(os.path.join(b.pretraining_folder(methods["VolumeFusion+nnUNetTrainer"]), "checkpoint_final.pth"), "w").close()
+    assert b.job_dependencies(jobs)[3] == set() and b.job_dependencies(jobs)[9] == {5, 6}
+    # a run alone (sequential, or after the side-by-side ones) keeps every core
+    assert b.env(training=True).get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")
+
+
+def test_a_failed_run_side_by_side_stops_the_other_training(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from nnunet_ext.benchmark import processes
+    from nnunet_ext.benchmark.run import Benchmark, benchmark_methods, method_name
+
+    methods = {method_name(m): m for m in benchmark_methods()}
+    plain, medcontext = methods["nnUNetTrainer"], methods["nnUNetTrainerMedContext"]
+    b = Benchmark(str(tmp_path), dict(configuration="3d_small", epochs=4), [plain, medcontext], "cpu", 0, parallel=2)
+    children = []
+
+    def fake_run(self, method, entry):
+        if method is plain:
+            with open(os.path.join(str(tmp_path), "child.log"), "w") as log:
+                children.append(processes.run_child([sys.executable, "-c", "import time; time.sleep(60)"],
+                                                    dict(os.environ), log, grace_seconds=5))
+            return {}
+        time.sleep(0.5)  # the other run is training by now
+        raise RuntimeError("nnUNetv2_train failed")
+
+    monkeypatch.setattr(Benchmark, "run_and_keep", fake_run)
+    start = time.time()
+    with pytest.raises(RuntimeError, match="nnUNetv2_train failed"):
+        b.run_side_by_side([(plain, dict(fold=0, fraction=1.0, seed=0)), (medcontext, dict(fold=0, fraction=1.0, seed=0))])
+    assert time.time() - start < 30 and children and children[0] != 0  # stopped (SIGTERM), not finished
+    assert not processes._running
+
+
 def test_training_curves_from_nnunet_logs(tmp_path):
     from nnunet_ext.benchmark.curves import main as curves_main
     from nnunet_ext.benchmark.curves import parse_training_log, read_run
@@ -514,8 +596,8 @@ def test_grid_script_runs_every_method_of_its_modes_grid(mode):
     covered, report_only = set(), False
     for line in out.splitlines():
         args = shlex.split(line)[2:]  # after the date and time
-        assert args[:9] == [".venv/bin/nnUNetv2_ext_benchmark", "--mode", mode, "-device", "cpu", "--work", "WORK",
-                            "--archive", "ARCHIVE"], line
+        assert args[:11] == [".venv/bin/nnUNetv2_ext_benchmark", "--mode", mode, "-device", "cpu", "--work", "WORK",
+                             "--archive", "ARCHIVE", "--parallel", {"cpu": "2", "full": "1"}[mode]], line
         if "--report-only" in args:
             report_only = True
             continue

@@ -3,6 +3,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+
+# children started by run_child and still running: stop_children() stops them from another thread (the benchmark's
+# main thread, when runs train side by side in worker threads, which never see a signal's exception)
+_running = set()
+_running_lock = threading.Lock()
 
 
 def run_child(args: list, env: dict, log, pass_fds: tuple = (), grace_seconds: float = 30.0) -> int:
@@ -17,11 +23,25 @@ def run_child(args: list, env: dict, log, pass_fds: tuple = (), grace_seconds: f
     group = hasattr(os, "killpg")
     process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds,
                                start_new_session=group)
+    with _running_lock:
+        _running.add(process)
     try:
         return process.wait()
     except BaseException:
         _stop(process, group, grace_seconds)
         raise
+    finally:
+        with _running_lock:
+            _running.discard(process)
+
+
+def stop_children(grace_seconds: float = 30.0):
+    """Stop every child that run_child is waiting for in any thread, with every process it started."""
+    with _running_lock:
+        running = list(_running)
+    group = hasattr(os, "killpg")
+    for process in running:
+        _stop(process, group, grace_seconds)
 
 
 def _stop(process: subprocess.Popen, group: bool, grace_seconds: float):

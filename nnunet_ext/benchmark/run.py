@@ -16,7 +16,7 @@ from importlib import resources
 from typing import Sequence
 
 from nnunet_ext.benchmark.processes import exit_on_sigterm, run_child
-from nnunet_ext.errors import UserInputError, run_cli
+from nnunet_ext.errors import UserInputError, positive_int, run_cli
 
 DATASET_ID = 510
 DATASET_NAME = "PhantomBenchmark"
@@ -64,9 +64,14 @@ class Benchmark:
     """State and steps of one benchmark work folder."""
 
     def __init__(self, work: str, settings: dict, trainers: list, device: str, num_proc_da: int,
-                 archive: str = None):
+                 archive: str = None, parallel: int = 1):
+        import threading
+
         self.work = os.path.abspath(work)
         self.archive = os.path.abspath(archive) if archive else None
+        self.parallel = parallel
+        self.threads_per_run = None  # set while runs train side by side
+        self._archive_lock = threading.Lock()  # runs side by side finish in worker threads
         self.settings = settings
         self.trainers = trainers
         self.device = device
@@ -87,6 +92,10 @@ class Benchmark:
                     "nnUNet_extTrainer": extended_trainer_path(os.environ.get("nnUNet_extTrainer"))})
         if training:
             env["nnUNet_n_proc_DA"] = str(self.num_proc_da)  # training only: planning crashes with 0
+        if self.threads_per_run:
+            # runs side by side share the cores instead of each spinning a thread per core (oversubscribed OpenMP
+            # threads made two trainings each about 4x slower)
+            env["OMP_NUM_THREADS"] = str(self.threads_per_run)
         return env
 
     def command(self, args: list, log_name: str, training: bool = False, results: str = None) -> float:
@@ -150,9 +159,10 @@ class Benchmark:
         if not os.path.isdir(os.path.join(self.work, "training_logs", run)):
             archive.keep_training_logs(self.output_folder(method, fold), self.work, run)
         if self.archive:
-            archive.store(self.archive, self.work, self.splits_file(),
-                          os.path.join(self.paths["raw"], self.dataset, "dataset.json"), [run])
-            archive.discard_unfinished(self.archive, run)
+            with self._archive_lock:
+                archive.store(self.archive, self.work, self.splits_file(),
+                              os.path.join(self.paths["raw"], self.dataset, "dataset.json"), [run])
+                archive.discard_unfinished(self.archive, run)
 
     def keep_unfinished(self) -> str:
         """Copy the latest checkpoint of every started, unfinished run into the archive (``--keep-unfinished``),
@@ -312,8 +322,9 @@ class Benchmark:
         if self.archive:
             from nnunet_ext.benchmark import archive
 
-            archive.store_pretraining(self.archive, trainer, os.path.dirname(checkpoint))
-            archive.discard_unfinished(self.archive, f"pretraining__{trainer}")
+            with self._archive_lock:
+                archive.store_pretraining(self.archive, trainer, os.path.dirname(checkpoint))
+                archive.discard_unfinished(self.archive, f"pretraining__{trainer}")
         return checkpoint, seconds
 
     def refuse_other_budget(self, recorded: dict, expected: dict, what: str):
@@ -510,13 +521,81 @@ class Benchmark:
         self.restore_archive(unfinished=True)
         manifest = self.write_splits()
         jobs = [(t, entry) for entry in manifest for t in self.trainers]
-        results = []
-        with tqdm(jobs, desc="benchmark runs", unit="run") as bar:
-            for method, entry in bar:
-                bar.set_postfix_str(f"{method_name(method)} {entry['fraction']:.0%} seed {entry['seed']}")
-                results.append(self.run_one(method, entry))
-                self.keep_run(method, entry["fold"])
+        if self.parallel == 1 or len(jobs) == 1:
+            results = []
+            with tqdm(jobs, desc="benchmark runs", unit="run") as bar:
+                for method, entry in bar:
+                    bar.set_postfix_str(self.job_label(method, entry))
+                    results.append(self.run_and_keep(method, entry))
+        else:
+            results = self.run_side_by_side(jobs)
         return self.report(results)
+
+    @staticmethod
+    def job_label(method: dict, entry: dict) -> str:
+        return f"{method_name(method)} {entry['fraction']:.0%} seed {entry['seed']}"
+
+    def run_and_keep(self, method: dict, entry: dict) -> dict:
+        result = self.run_one(method, entry)
+        self.keep_run(method, entry["fold"])
+        return result
+
+    def job_dependencies(self, jobs: list) -> list:
+        """Per job, the earlier jobs it must wait for when runs train side by side: an equal-wall-clock run waits
+        for the runs whose epoch times set its budget (same fold), and a fine-tuning run whose pretraining is not
+        made yet waits for the first job that makes it (one pretraining run, shared)."""
+        baseline = next((method_name(m) for m in benchmark_methods() if m.get("baseline")), None)
+        makes_pretraining = {}
+        dependencies = []
+        for i, (method, entry) in enumerate(jobs):
+            needs = set()
+            if method.get("same_time_as"):
+                names = {method["same_time_as"], baseline}
+                needs |= {j for j, (m, e) in enumerate(jobs[:i]) if method_name(m) in names
+                          and e["fold"] == entry["fold"]}
+            pretrain = method.get("pretrain")
+            if pretrain and not os.path.isfile(os.path.join(self.pretraining_folder(method), "checkpoint_final.pth")):
+                if pretrain in makes_pretraining:
+                    needs.add(makes_pretraining[pretrain])
+                else:
+                    makes_pretraining[pretrain] = i
+            dependencies.append(needs)
+        return dependencies
+
+    def run_side_by_side(self, jobs: list) -> list:
+        """Train ``self.parallel`` runs at a time (each child gets its share of the CPU threads, ``env``), in job
+        order as far as dependencies allow; results in job order. The first failure, Ctrl-C or ``kill`` stops
+        every running training (they resume from their checkpoints on the next call)."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        from tqdm import tqdm
+
+        from nnunet_ext.benchmark.processes import stop_children
+
+        dependencies = self.job_dependencies(jobs)
+        results, pending, running, done = [None] * len(jobs), list(range(len(jobs))), {}, set()
+        if self.device == "cpu":
+            self.threads_per_run = max(1, (os.cpu_count() or 1) // self.parallel)
+        with ThreadPoolExecutor(self.parallel) as pool, tqdm(total=len(jobs), desc="benchmark runs",
+                                                             unit="run") as bar:
+            try:
+                while pending or running:
+                    for i in [i for i in pending if dependencies[i] <= done][:self.parallel - len(running)]:
+                        pending.remove(i)
+                        running[pool.submit(self.run_and_keep, *jobs[i])] = i
+                    bar.set_postfix_str(" | ".join(self.job_label(*jobs[i]) for i in sorted(running.values())))
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        i = running.pop(future)
+                        results[i] = future.result()  # a failed run raises here
+                        done.add(i)
+                        bar.update()
+            except BaseException:
+                stop_children()
+                raise
+            finally:
+                self.threads_per_run = None
+        return results
 
     def progress_note(self, method: dict, fold) -> str:
         """How far an unfinished run has got, from nnU-Net's training logs ('' when it has not started)."""
@@ -603,6 +682,11 @@ def main(argv=None):
                              "of starting over; trains nothing, safe while a benchmark runs")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"))
     parser.add_argument("--num-proc-DA", type=int, default=2, help="augmentation workers per training run")
+    parser.add_argument("--parallel", type=positive_int, default=1,
+                        help="train this many runs at a time, each with its share of the CPU cores (on 2 cores, "
+                             "2 runs side by side did 1.3x the work of one run with both cores; "
+                             "docs/benchmarks.md). Epoch times, and so the report's time ratios and the "
+                             "equal-wall-clock budgets, then include the other runs' load. Default: 1")
     for key, kind in (("num_train", int), ("num_val", int), ("num_test", int), ("num_unlabeled", int),
                       ("epochs", int), ("iterations", int), ("val_iterations", int)):
         parser.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
@@ -642,7 +726,7 @@ def main(argv=None):
             methods = [known[t] for t in args.trainers]
         work = args.work or os.path.join("work_data", f"benchmark_{mode}")
         print(f"nnunet-ext benchmark ({mode}) in {os.path.abspath(work)} with {json.dumps(settings)}")
-        benchmark = Benchmark(work, settings, methods, args.device, args.num_proc_DA, args.archive)
+        benchmark = Benchmark(work, settings, methods, args.device, args.num_proc_DA, args.archive, args.parallel)
         if args.keep_unfinished:
             text = benchmark.keep_unfinished()
         elif args.report_only:
