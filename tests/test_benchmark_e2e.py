@@ -17,7 +17,9 @@ def test_quick_benchmark_tiny(tmp_path):
             "--epochs", 1, "--iterations", 2, "--val-iterations", 1, "--fractions", 0.5, "--seeds", 0,
             "--num-proc-DA", 0]
     env = dict(os.environ, nnUNet_compile="f")
-    out = run_command(args, env, timeout=900).stdout
+    # two runs at a time (the CPU grid's setting): the equal-wall-clock run waits for MedContext's and the
+    # baseline's runs, the combined method for the pretraining that VolumeFusion+nnUNetTrainer's job makes
+    out = run_command(args + ["--parallel", 2], env, timeout=900).stdout
     report = work / "report"
     out_md = (report / "results.md").read_text()
     for name in ("results.md", "results_summary.csv", "results_per_case.csv", "dice_vs_fraction.png"):
@@ -54,7 +56,13 @@ def test_quick_benchmark_tiny(tmp_path):
     manifest = json.load(open(work / "splits_manifest.json"))
     assert manifest == [{"fold": 0, "fraction": 0.5, "seed": 0, "num_labeled": 2}]
     assert "| nnUNetTrainerMedContext |" in out and "| VolumeFusion+nnUNetTrainerSimCVDMedContext |" in out
-    # resumable: a second call redoes nothing and reports the same table
+    # the runs did train side by side, never more than two at once, and the equal-wall-clock run after MedContext
+    spans = {run: _training_span(work / "training_logs" / run) for run in os.listdir(work / "training_logs")}
+    assert len(spans) == 5
+    at_once = [sum(1 for s, e in spans.values() if s <= start <= e) for start, _ in spans.values()]
+    assert max(at_once) == 2
+    assert spans["nnUNetTrainer_sameTimeAs_MedContext__fold0"][0] >= spans["nnUNetTrainerMedContext__fold0"][1]
+    # resumable: a second call (one run at a time) redoes nothing and reports the same table
     before = sorted(os.listdir(work / "logs"))
     again = run_command(args, env, timeout=300).stdout
     assert sorted(os.listdir(work / "logs")) == before
@@ -89,6 +97,21 @@ def test_quick_benchmark_tiny(tmp_path):
     # asked for seeds the folder has no fold for, --report-only names them (and rewrites the report)
     more = run_command(args + ["--report-only", "--seeds", 0, 1], env, timeout=300).stdout
     assert "Not finished yet, so not in these tables: every trainer at 50% seed 1 (no fold yet)." in more
+
+
+def _training_span(folder):
+    """(first, last) timestamp of nnU-Net's training log lines of one run."""
+    import datetime
+    import glob
+
+    stamps = []
+    for path in glob.glob(os.path.join(folder, "training_log_*.txt")):
+        for line in open(path):
+            try:
+                stamps.append(datetime.datetime.strptime(line[:26], "%Y-%m-%d %H:%M:%S.%f"))
+            except ValueError:
+                continue
+    return min(stamps), max(stamps)
 
 
 def _mtimes(folder):
