@@ -7,7 +7,7 @@ is small text: its per-case metrics and nnU-Net's training logs, plus the splits
 new work folder, where the benchmark regenerates the same data (deterministic under its seed), skips every
 archived run and writes the report from archived and new runs alike.
 
-Archive layout (all JSON or text)::
+Archive layout (JSON and text, and the checkpoints named below)::
 
     settings.json            the data settings the runs were made with (other settings are refused)
     data_fingerprint.json    per generated image and label: shape, spacing, intensity mean and std, voxels per

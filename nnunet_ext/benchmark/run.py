@@ -37,8 +37,8 @@ MODES = {
                  configuration="3d_small", fractions=(0.1, 0.2, 1.0), seeds=(0, 1, 2), epochs=120, iterations=100,
                  val_iterations=10, tta=True, difficulty="hard"),
     # the full grid sized for 2 CPU cores: the same cases, anatomy, difficulty and budget on a 24x48x48 grid (the
-    # whole volume is one 3d_small patch, 2.4x fewer voxels than full's 32x64x64 patch; a step takes about a
-    # third of full's). 6,000 steps do not converge on it either (docs/benchmarks.md, "The CPU grid")
+    # whole volume is one 3d_small patch, 2.4x fewer voxels than full's 32x64x64 patch; a training step takes
+    # 0.40x full's). 6,000 steps do not converge on it either (docs/benchmarks.md, "The CPU grid")
     "cpu": dict(num_train=60, num_val=10, num_test=20, num_unlabeled=30, shape=(24, 48, 48),
                 configuration="3d_small", fractions=(0.1, 0.2, 1.0), seeds=(0, 1, 2), epochs=120, iterations=100,
                 val_iterations=10, tta=True, difficulty="hard"),
@@ -173,7 +173,10 @@ class Benchmark:
             raise UserInputError("--keep-unfinished copies into the archive: pass --archive DIR as well.")
         archive.check_settings(self.archive, self.settings)
         manifest_file = os.path.join(self.work, "splits_manifest.json")
-        manifest = json.load(open(manifest_file)) if os.path.isfile(manifest_file) else []
+        manifest = []
+        if os.path.isfile(manifest_file):
+            with open(manifest_file) as f:
+                manifest = json.load(f)
         kept = []
         for entry in manifest:
             for method in self.trainers:
@@ -488,8 +491,9 @@ class Benchmark:
     def lock(self):
         """Hold the work folder for this process (released when it exits, also when it is killed).
 
-        Two benchmarks in one folder would train the same run into the same nnU-Net output folder; and on a small
-        CPU, two trainings side by side are each about 4x slower (measured), so there is nothing to gain.
+        Two benchmarks in one folder would train the same run into the same nnU-Net output folder. Runs side by
+        side belong in one benchmark (``--parallel``), which shares the cores out between them: two trainings
+        that each take every core were each about 4x slower on 2 cores (measured).
         """
         try:
             import fcntl
