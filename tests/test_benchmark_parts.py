@@ -674,28 +674,40 @@ def test_archive_merges_folds_only_when_one_list_begins_the_other(tmp_path):
         archive.check_settings(str(tmp_path), dict(settings, shape=(32, 64, 64)))
 
 
+def _archive_setup(tmp_path):
+    """The benchmark's methods by name, small settings, and an archive folder."""
+    from nnunet_ext.benchmark.run import benchmark_methods, method_name
+
+    settings = dict(configuration="3d_small", epochs=4, iterations=10, val_iterations=2, num_val=2,
+                    fractions=(0.5,), seeds=(0,), shape=(8, 8, 8))
+    return {method_name(m): m for m in benchmark_methods()}, settings, str(tmp_path / "archive")
+
+
+def _planned_fold(benchmark):
+    """Stand-ins for a generated and planned dataset of 6 training cases; the one fold of the settings."""
+    raw = os.path.join(benchmark.paths["raw"], benchmark.dataset, "labelsTr")
+    os.makedirs(raw)
+    for case in IDS[:6]:
+        open(os.path.join(raw, f"{case}.nii.gz"), "w").close()
+    os.makedirs(os.path.join(benchmark.paths["preprocessed"], benchmark.dataset))
+    return benchmark.write_splits()[0]
+
+
 def test_archived_runs_carry_a_benchmark_over_to_a_new_work_folder(tmp_path):
     """A benchmark whose work folder is lost goes on from its archive: the finished runs (metrics, training logs,
     folds) are restored, reported and never trained again, and equal-wall-clock budgets still find epoch times."""
     import json
 
-    from nnunet_ext.benchmark.run import Benchmark, benchmark_methods, method_name
+    from nnunet_ext.benchmark.run import Benchmark, method_name
     from nnunet_ext.errors import UserInputError
 
-    methods = {method_name(m): m for m in benchmark_methods()}
+    methods, settings, store = _archive_setup(tmp_path)
     plain, medcontext = methods["nnUNetTrainer"], methods["nnUNetTrainerMedContext"]
-    settings = dict(configuration="3d_small", epochs=4, iterations=10, val_iterations=2, num_val=2,
-                    fractions=(0.5,), seeds=(0,), shape=(8, 8, 8))
-    store = str(tmp_path / "archive")
     first = Benchmark(str(tmp_path / "first"), settings, [plain, medcontext], "cpu", 0, archive=store)
     first.restore_archive()  # an empty archive restores nothing
-    raw = tmp_path / "first" / "raw" / first.dataset
-    (raw / "labelsTr").mkdir(parents=True)
-    for case in IDS[:6]:
-        (raw / "labelsTr" / f"{case}.nii.gz").touch()
-    (raw / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
-    (tmp_path / "first" / "preprocessed" / first.dataset).mkdir(parents=True)
-    entry = first.write_splits()[0]
+    entry = _planned_fold(first)
+    (tmp_path / "first" / "raw" / first.dataset / "dataset.json").write_text(
+        json.dumps({"labels": {"background": 0, "liver": 1}}))
     budget = dict(num_epochs=4, num_iterations_per_epoch=10, num_val_iterations_per_epoch=2)
     for method, mean_dice, epoch_time in ((plain, 0.5, 10.0), (medcontext, 0.7, 25.0)):
         output = first.output_folder(method, entry["fold"])
@@ -755,24 +767,16 @@ def test_unfinished_runs_kept_in_the_archive_resume_on_a_new_work_folder(tmp_pat
 
     from nnunet_ext.benchmark import archive
     from nnunet_ext.benchmark.budget import recorded_budget
-    from nnunet_ext.benchmark.run import Benchmark, benchmark_methods, method_name
+    from nnunet_ext.benchmark.run import Benchmark
     from nnunet_ext.errors import UserInputError
 
-    methods = {method_name(m): m for m in benchmark_methods()}
+    methods, settings, store = _archive_setup(tmp_path)
     plain, fused = methods["nnUNetTrainer"], methods["VolumeFusion+nnUNetTrainer"]
-    settings = dict(configuration="3d_small", epochs=4, iterations=10, val_iterations=2, num_val=2,
-                    fractions=(0.5,), seeds=(0,), shape=(8, 8, 8))
-    store = str(tmp_path / "archive")
     first = Benchmark(str(tmp_path / "first"), settings, [plain, fused], "cpu", 0, archive=store)
     with pytest.raises(UserInputError, match="--archive"):
         Benchmark(str(tmp_path / "x"), settings, [plain], "cpu", 0).keep_unfinished()
     assert first.keep_unfinished().startswith("No started, unfinished run")
-    raw = tmp_path / "first" / "raw" / first.dataset
-    (raw / "labelsTr").mkdir(parents=True)
-    for case in IDS[:6]:
-        (raw / "labelsTr" / f"{case}.nii.gz").touch()
-    (tmp_path / "first" / "preprocessed" / first.dataset).mkdir(parents=True)
-    entry = first.write_splits()[0]
+    entry = _planned_fold(first)
     budget = dict(num_epochs=4, num_iterations_per_epoch=10, num_val_iterations_per_epoch=2)
 
     def started(folder, epochs_done, weights):
