@@ -795,6 +795,9 @@ def test_unfinished_runs_kept_in_the_archive_resume_on_a_new_work_folder(tmp_pat
     assert "nnUNetTrainer__fold0 (training: 2 of 4 epochs done)" in text and "nnUNetTrainerVolumeFusion pretraining" in text
     assert sorted(os.listdir(os.path.join(store, "unfinished"))) == ["nnUNetTrainer__fold0",
                                                                      "pretraining__nnUNetTrainerVolumeFusion"]
+    # with their folds, though no run of them has finished: the next machine numbers them alike
+    assert json.load(open(os.path.join(store, "splits_manifest.json"))) == [entry]
+    assert json.load(open(os.path.join(store, "splits_final.json"))) == json.load(open(first.splits_file()))
 
     second = Benchmark(str(tmp_path / "second"), settings, [plain, fused], "cpu", 0, archive=store)
     second.restore_archive()  # --report-only's restore leaves checkpoints where they are

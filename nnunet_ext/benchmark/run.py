@@ -171,7 +171,10 @@ class Benchmark:
 
         if not self.archive:
             raise UserInputError("--keep-unfinished copies into the archive: pass --archive DIR as well.")
-        archive.check_settings(self.archive, self.settings)
+        self.restore_archive()  # checks that the archive is this benchmark's, and merges the folds both ways:
+        raw = os.path.join(self.paths["raw"], self.dataset)
+        with self._archive_lock:  # the folds of unfinished runs too, so that the next machine numbers them alike
+            archive.store(self.archive, self.work, self.splits_file(), os.path.join(raw, "dataset.json"), [])
         manifest_file = os.path.join(self.work, "splits_manifest.json")
         manifest = []
         if os.path.isfile(manifest_file):
