@@ -691,7 +691,7 @@ def main(argv=None):
     parser.add_argument("--num-proc-DA", type=int, default=2, help="augmentation workers per training run")
     parser.add_argument("--parallel", type=positive_int, default=1,
                         help="train this many runs at a time, each with its share of the CPU cores (on 2 cores, "
-                             "2 runs side by side did 1.3x the work of one run with both cores; "
+                             "2 runs side by side did 1.1-1.3x the work of one run with both cores; "
                              "docs/benchmarks.md). Epoch times, and so the report's time ratios and the "
                              "equal-wall-clock budgets, then include the other runs' load. Default: 1")
     for key, kind in (("num_train", int), ("num_val", int), ("num_test", int), ("num_unlabeled", int),
