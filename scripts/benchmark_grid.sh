@@ -15,7 +15,7 @@
 #   nohup bash scripts/benchmark_grid.sh [--dry-run] [--mode cpu|full] [--parallel N] [WORK_FOLDER [ARCHIVE_FOLDER]] > grid.log 2>&1 &
 #
 # --mode cpu (default): the grid on 24x48x48 volumes, sized for 2 CPU cores, in work_data/benchmark_cpu, archived
-# in docs/results/cpu; 2 runs at a time with one core each (--parallel 2: 1.3x the work of one run on both cores).
+# in docs/results/cpu; 2 runs at a time with one core each (--parallel 2: 1.1-1.3x the work of 1 run on 2 cores) .
 # --mode full: the GPU-sized grid (40x80x80 volumes), in work_data/benchmark_full_12k, archived in
 # docs/results/full_12k; one run at a time. --parallel N overrides the runs at a time. --dry-run prints the calls.
 set -euo pipefail
