@@ -12,29 +12,33 @@
 #
 #   .venv/bin/nnUNetv2_ext_benchmark --mode cpu --work work_data/benchmark_cpu --archive docs/results/cpu --keep-unfinished
 #
-#   nohup bash scripts/benchmark_grid.sh [--dry-run] [--mode cpu|full] [--parallel N] [WORK_FOLDER [ARCHIVE_FOLDER]] > grid.log 2>&1 &
+#   nohup bash scripts/benchmark_grid.sh [--dry-run] [--mode cpu|full] [--parallel N] [--device cpu|cuda] [WORK_FOLDER [ARCHIVE_FOLDER]] > grid.log 2>&1 &
 #
 # --mode cpu (default): the grid on 24x48x48 volumes, sized for 2 CPU cores, in work_data/benchmark_cpu, archived
-# in docs/results/cpu; 2 runs at a time with one core each (--parallel 2: 1.1-1.3x the work of 1 run on 2 cores) .
+# in docs/results/cpu; 2 runs at a time with one core each (--parallel 2:
+# 1.1-1.3x the work of one run on both cores).
 # --mode full: the GPU-sized grid (40x80x80 volumes), in work_data/benchmark_full_12k, archived in
-# docs/results/full_12k; one run at a time. --parallel N overrides the runs at a time. --dry-run prints the calls.
+# docs/results/full_12k; one run at a time. --parallel N overrides the runs at a time; --device cuda trains on a
+# GPU (default cpu). --dry-run prints the calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dry_run=false
 mode=cpu
 parallel=
+device=cpu
 while [[ $# -gt 0 && "$1" == --* ]]; do
     case "$1" in
         --dry-run) dry_run=true; shift ;;
         --mode) mode="$2"; shift 2 ;;
         --parallel) parallel="$2"; shift 2 ;;
+        --device) device="$2"; shift 2 ;;
         *) echo "benchmark_grid.sh: unknown option $1 (see the comment at the top of $0)" >&2; exit 2 ;;
     esac
 done
 case "$mode" in
-    cpu) default_work=work_data/benchmark_cpu; default_archive=docs/results/cpu; device=cpu; parallel=${parallel:-2} ;;
-    full) default_work=work_data/benchmark_full_12k; default_archive=docs/results/full_12k; device=cpu; parallel=${parallel:-1} ;;
+    cpu) default_work=work_data/benchmark_cpu; default_archive=docs/results/cpu; parallel=${parallel:-2} ;;
+    full) default_work=work_data/benchmark_full_12k; default_archive=docs/results/full_12k; parallel=${parallel:-1} ;;
     *) echo "benchmark_grid.sh: --mode must be cpu or full, not $mode" >&2; exit 2 ;;
 esac
 work="${1:-$default_work}"

@@ -427,7 +427,8 @@ def test_runs_side_by_side_keep_their_dependencies_and_the_limit(monkeypatch, tm
     jobs = [(methods[n], dict(fold=fold, fraction=0.1, seed=fold)) for fold in (0, 1) for n in names]
     events, lock, running = [], threading.Lock(), []
 
-    def fake_run(self, method, entry):
+    def record_run(self, method, entry, threads):
+        assert self.env(training=True).get("OMP_NUM_THREADS") == threads
         key = (method_name(method), entry["fold"])
         with lock:
             running.append(key)
@@ -438,12 +439,9 @@ def test_runs_side_by_side_keep_their_dependencies_and_the_limit(monkeypatch, tm
             events.append(("end", key))
         return {"trainer": key[0], "fold": key[1]}
 
-    def fake_run(self, method, entry, fake_run=fake_run):
-        assert self.env(training=True)["OMP_NUM_THREADS"] == str(max(1, os.cpu_count() // 2))
-        return fake_run(self, method, entry)
-
-    monkeypatch.setattr(Benchmark, "run_and_keep", fake_run)
-    results = b.run_side_by_side(jobs)
+    shared = str(max(1, os.cpu_count() // 2))
+    monkeypatch.setattr(Benchmark, "run_and_keep", lambda self, m, e: record_run(self, m, e, shared))
+    results = b.run_jobs(jobs)
     assert [(r["trainer"], r["fold"]) for r in results] == [(method_name(m), e["fold"]) for m, e in jobs]
     starts = {e[1]: i for i, e in enumerate(events) if e[0] == "start"}
     ends = {e[1]: i for i, e in enumerate(events) if e[0] == "end"}
@@ -460,6 +458,14 @@ def test_runs_side_by_side_keep_their_dependencies_and_the_limit(monkeypatch, tm
     assert b.job_dependencies(jobs)[3] == set() and b.job_dependencies(jobs)[9] == {5, 6}
     # a run alone (sequential, or after the side-by-side ones) keeps every core
     assert b.env(training=True).get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")
+    # one at a time (the default): strictly in job order, every core for each run
+    events.clear()
+    b.parallel = 1
+    own = os.environ.get("OMP_NUM_THREADS")
+    monkeypatch.setattr(Benchmark, "run_and_keep", lambda self, m, e: record_run(self, m, e, own))
+    b.run_jobs(jobs)
+    assert [e[1] for e in events if e[0] == "start"] == [(method_name(m), e["fold"]) for m, e in jobs]
+    assert max(e[2] for e in events if e[0] == "start") == 1
 
 
 def test_a_failed_run_side_by_side_stops_the_other_training(monkeypatch, tmp_path):
@@ -487,7 +493,7 @@ def test_a_failed_run_side_by_side_stops_the_other_training(monkeypatch, tmp_pat
     monkeypatch.setattr(Benchmark, "run_and_keep", fake_run)
     start = time.time()
     with pytest.raises(RuntimeError, match="nnUNetv2_train failed"):
-        b.run_side_by_side([(plain, dict(fold=0, fraction=1.0, seed=0)), (medcontext, dict(fold=0, fraction=1.0, seed=0))])
+        b.run_jobs([(plain, dict(fold=0, fraction=1.0, seed=0)), (medcontext, dict(fold=0, fraction=1.0, seed=0))])
     assert time.time() - start < 30 and children and children[0] != 0  # stopped (SIGTERM), not finished
     assert not processes._running
 
@@ -623,6 +629,9 @@ def test_grid_script_refuses_an_unknown_mode():
     out = subprocess.run(["bash", os.path.join(root, "scripts", "benchmark_grid.sh"), "--dry-run", "--mode", "gpu"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "--mode must be cpu or full" in out.stderr
+    gpu = subprocess.run(["bash", os.path.join(root, "scripts", "benchmark_grid.sh"), "--dry-run", "--device", "cuda",
+                          "--parallel", "1"], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert all("-device cuda" in line and "--parallel 1 " in line for line in gpu[:-1])
 
 
 def test_cpu_mode_is_the_full_grid_on_a_smaller_volume():

@@ -528,15 +528,7 @@ class Benchmark:
         self.restore_archive(unfinished=True)
         manifest = self.write_splits()
         jobs = [(t, entry) for entry in manifest for t in self.trainers]
-        if self.parallel == 1 or len(jobs) == 1:
-            results = []
-            with tqdm(jobs, desc="benchmark runs", unit="run") as bar:
-                for method, entry in bar:
-                    bar.set_postfix_str(self.job_label(method, entry))
-                    results.append(self.run_and_keep(method, entry))
-        else:
-            results = self.run_side_by_side(jobs)
-        return self.report(results)
+        return self.report(self.run_jobs(jobs))
 
     @staticmethod
     def job_label(method: dict, entry: dict) -> str:
@@ -569,25 +561,27 @@ class Benchmark:
             dependencies.append(needs)
         return dependencies
 
-    def run_side_by_side(self, jobs: list) -> list:
-        """Train ``self.parallel`` runs at a time (each child gets its share of the CPU threads, ``env``), in job
-        order as far as dependencies allow; results in job order. The first failure, Ctrl-C or ``kill`` stops
-        every running training (they resume from their checkpoints on the next call)."""
+    def run_jobs(self, jobs: list) -> list:
+        """Train ``self.parallel`` runs at a time (one after the other by default), in job order as far as
+        dependencies allow; results in job order. Runs side by side share the CPU threads out (``env``). The
+        first failure, Ctrl-C or ``kill`` stops every running training (they resume from their checkpoints on
+        the next call)."""
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         from tqdm import tqdm
 
         from nnunet_ext.benchmark.processes import stop_children
 
+        at_once = min(self.parallel, len(jobs))
         dependencies = self.job_dependencies(jobs)
         results, pending, running, done = [None] * len(jobs), list(range(len(jobs))), {}, set()
-        if self.device == "cpu":
-            self.threads_per_run = max(1, (os.cpu_count() or 1) // self.parallel)
-        with ThreadPoolExecutor(self.parallel) as pool, tqdm(total=len(jobs), desc="benchmark runs",
-                                                             unit="run") as bar:
+        if self.device == "cpu" and at_once > 1:
+            self.threads_per_run = max(1, (os.cpu_count() or 1) // at_once)
+        with ThreadPoolExecutor(max(1, at_once)) as pool, tqdm(total=len(jobs), desc="benchmark runs",
+                                                               unit="run") as bar:
             try:
                 while pending or running:
-                    for i in [i for i in pending if dependencies[i] <= done][:self.parallel - len(running)]:
+                    for i in [i for i in pending if dependencies[i] <= done][:at_once - len(running)]:
                         pending.remove(i)
                         running[pool.submit(self.run_and_keep, *jobs[i])] = i
                     bar.set_postfix_str(" | ".join(self.job_label(*jobs[i]) for i in sorted(running.values())))
