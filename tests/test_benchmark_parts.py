@@ -176,31 +176,83 @@ def test_benchmark_work_folder_grows_with_more_fractions_and_seeds(tmp_path):
     assert json.loads(splits_file.read_text()) == splits  # a refused call writes nothing
 
 
-def test_equal_wall_clock_budget_from_nnunet_epoch_times(tmp_path):
-    from nnunet_ext.benchmark.budget import epoch_seconds, matched_epochs, time_ratio
+def test_nnunet_epoch_times_are_read_from_every_training_log(tmp_path):
+    from nnunet_ext.benchmark.budget import epoch_seconds, matched_epochs
 
     # a resumed run writes one log per start; every epoch line counts, other lines do not
     (tmp_path / "training_log_2026_1.txt").write_text("x: Epoch 0 \nx: Epoch time: 10.5 s \nx: Epoch time: 11.0 s \n")
     (tmp_path / "training_log_2026_2.txt").write_text("x: Current learning rate: 0.01 \nx: Epoch time: 90.0 s \n")
     (tmp_path / "other.txt").write_text("Epoch time: 1000 s\n")
     assert epoch_seconds(str(tmp_path)) == [10.5, 11.0, 90.0]
-    # medians: one epoch slowed by other work on the machine does not move the ratio
-    assert time_ratio([26.0, 27.0, 300.0], [10.0, 10.0, 11.0]) == pytest.approx(2.7)
     assert matched_epochs(60, 2.7) == 162 and matched_epochs(1, 0.2) == 1
-    with pytest.raises(ValueError):
-        time_ratio([], [1.0])
 
 
-def test_equal_wall_clock_run_needs_the_runs_it_is_timed_against(tmp_path):
-    from nnunet_ext.benchmark.run import Benchmark, benchmark_methods
+def _cost_json(path, trainer, ratio, baseline="nnUNetTrainer"):
+    """What nnUNetv2_ext_benchmark_cost -o writes, as far as the benchmark reads it."""
+    import json
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"baseline": baseline, "trainers": {baseline: {"step_ratio": 1.0},
+                                                      trainer: {"step_ratio": ratio}}}, f)
+
+
+def test_step_ratio_is_read_from_the_cost_tools_json(tmp_path):
+    from nnunet_ext.benchmark.budget import measured_step_ratio
+
+    path = str(tmp_path / "cost.json")
+    _cost_json(path, "nnUNetTrainerMedContext", 2.41)
+    assert measured_step_ratio(path, "nnUNetTrainerMedContext", "nnUNetTrainer") == pytest.approx(2.41)
+    with pytest.raises(ValueError, match="not of nnUNetTrainerSimCVD against nnUNetTrainer"):
+        measured_step_ratio(path, "nnUNetTrainerSimCVD", "nnUNetTrainer")
+    with pytest.raises(ValueError, match="against nnUNetTrainer, not of nnUNetTrainerMedContext against other"):
+        measured_step_ratio(path, "nnUNetTrainerMedContext", "other")
+    _cost_json(path, "nnUNetTrainerMedContext", None)
+    with pytest.raises(ValueError, match="no positive step ratio"):
+        measured_step_ratio(path, "nnUNetTrainerMedContext", "nnUNetTrainer")
+
+
+def test_equal_wall_clock_budget_is_measured_once_side_by_side(tmp_path, monkeypatch):
+    """The budget of an equal-wall-clock run is the common epochs times the step-time ratio that
+    nnUNetv2_ext_benchmark_cost measures for the method's trainer against the baseline's: once per work folder
+    (also when two runs ask at once), on this benchmark's configuration, then read from step_cost/."""
+    import threading
+
+    from nnunet_ext.benchmark.run import Benchmark, benchmark_methods, method_name
     from nnunet_ext.errors import UserInputError
 
-    methods = {m.get("name", m["trainer"]): m for m in benchmark_methods()}
+    methods = {method_name(m): m for m in benchmark_methods()}
     same_time = methods["nnUNetTrainer_sameTimeAs_MedContext"]
-    b = Benchmark(str(tmp_path), dict(configuration="3d_small", epochs=4), [same_time], "cpu", 0)
-    with pytest.raises(UserInputError, match="-tr nnUNetTrainer nnUNetTrainerMedContext"):
-        b.same_time_epochs(same_time, 0)
+    b = Benchmark(str(tmp_path), dict(configuration="3d_small", epochs=40), [same_time], "cpu", 0)
     assert b.results_root(same_time) != b.results_root(methods["nnUNetTrainer"])  # never shares a results folder
+    calls = []
+
+    def measure(self, args, log_name, training=False, results=None):
+        calls.append((args, log_name, training))
+        _cost_json(args[args.index("-o") + 1], args[args.index("-tr") + 1], 2.5)
+        return 1.0
+
+    monkeypatch.setattr(Benchmark, "command", measure)
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(b.same_time_epochs(same_time))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [(100, pytest.approx(2.5))] * 2 and len(calls) == 1
+    args, log_name, training = calls[0]
+    assert os.path.basename(args[0]) == "nnUNetv2_ext_benchmark_cost" and not training
+    assert [args[args.index(k) + 1] for k in ("-c", "-device", "--baseline", "-tr", "--steps", "--warmup")] == \
+        ["3d_small", "cpu", "nnUNetTrainer", "nnUNetTrainerMedContext", 40, 3]
+    assert os.path.isfile(b.step_cost_file("nnUNetTrainerMedContext")) and log_name.startswith("step_cost__")
+    # the combined method's row is timed against its fine-tuning trainer
+    combined = methods["nnUNetTrainer_sameTimeAs_SimCVDMedContext"]
+    assert b.same_time_epochs(combined) == (100, pytest.approx(2.5))
+    assert calls[-1][0][calls[-1][0].index("-tr") + 1] == "nnUNetTrainerSimCVDMedContext"
+    # a file of other trainers is not used silently
+    _cost_json(b.step_cost_file("nnUNetTrainerMedContext"), "nnUNetTrainerSimCVD", 2.0)
+    with pytest.raises(UserInputError, match="to measure it again"):
+        b.same_time_epochs(same_time)
 
 
 def test_step_budget_is_read_from_the_debug_json_nnunet_writes(tmp_path):
@@ -411,9 +463,9 @@ def test_mode_picks_the_settings_and_the_default_work_folder(monkeypatch, tmp_pa
 
 
 def test_runs_side_by_side_keep_their_dependencies_and_the_limit(monkeypatch, tmp_path):
-    """--parallel 2: never more than 2 runs at once; an equal-wall-clock run starts after the runs that time it
-    (same fold), fine-tuning runs after the run that makes their shared pretraining; results in job order; each
-    child gets its share of the CPU threads."""
+    """--parallel 2: never more than 2 runs at once; fine-tuning runs start after the run that makes their shared
+    pretraining, equal-wall-clock runs wait for nothing (their budget is measured, not read from other runs);
+    results in job order; each child gets its share of the CPU threads."""
     import threading
     import time
 
@@ -446,16 +498,15 @@ def test_runs_side_by_side_keep_their_dependencies_and_the_limit(monkeypatch, tm
     starts = {e[1]: i for i, e in enumerate(events) if e[0] == "start"}
     ends = {e[1]: i for i, e in enumerate(events) if e[0] == "end"}
     assert max(e[2] for e in events if e[0] == "start") == 2
+    assert b.job_dependencies(jobs)[4] == set() and b.job_dependencies(jobs)[9] == set()
     for fold in (0, 1):
-        same_time = starts[("nnUNetTrainer_sameTimeAs_MedContext", fold)]
-        assert same_time > ends[("nnUNetTrainer", fold)] and same_time > ends[("nnUNetTrainerMedContext", fold)]
         for name in ("VolumeFusion+nnUNetTrainerSimCVDMedContext", "VolumeFusion+nnUNetTrainer"):
             if (name, fold) != ("VolumeFusion+nnUNetTrainer", 0):  # the run that makes the pretraining
                 assert starts[(name, fold)] > ends[("VolumeFusion+nnUNetTrainer", 0)]
     # once the pretraining exists, fine-tuning runs wait for nothing
     os.makedirs(b.pretraining_folder(methods["VolumeFusion+nnUNetTrainer"]))
     open(os.path.join(b.pretraining_folder(methods["VolumeFusion+nnUNetTrainer"]), "checkpoint_final.pth"), "w").close()
-    assert b.job_dependencies(jobs)[3] == set() and b.job_dependencies(jobs)[9] == {5, 6}
+    assert b.job_dependencies(jobs)[3] == set() and b.job_dependencies(jobs)[7] == set()
     # a run alone (sequential, or after the side-by-side ones) keeps every core
     assert b.env(training=True).get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")
     # one at a time (the default): strictly in job order, every core for each run
@@ -704,9 +755,10 @@ def _planned_fold(benchmark):
 
 def test_archived_runs_carry_a_benchmark_over_to_a_new_work_folder(tmp_path):
     """A benchmark whose work folder is lost goes on from its archive: the finished runs (metrics, training logs,
-    folds) are restored, reported and never trained again, and equal-wall-clock budgets still find epoch times."""
+    folds, step-cost measurements) are restored, reported and never trained or measured again."""
     import json
 
+    from nnunet_ext.benchmark import archive
     from nnunet_ext.benchmark.run import Benchmark, method_name
     from nnunet_ext.errors import UserInputError
 
@@ -727,6 +779,8 @@ def test_archived_runs_carry_a_benchmark_over_to_a_new_work_folder(tmp_path):
             json.dump(dict(entry, trainer=method_name(method), train_seconds=40 * epoch_time, budget=budget,
                            epochs=4, cases={"c1": {"1": {"dice": mean_dice, "hd95": 1.0}}}), f)
         first.keep_run(method, entry["fold"])
+    _cost_json(first.step_cost_file("nnUNetTrainerMedContext"), "nnUNetTrainerMedContext", 2.5)
+    archive.store_step_cost(store, first.step_cost_file("nnUNetTrainerMedContext"))
     assert sorted(os.listdir(os.path.join(store, "metrics"))) == ["nnUNetTrainerMedContext__fold0.json",
                                                                   "nnUNetTrainer__fold0.json"]
     assert os.listdir(os.path.join(store, "training_logs", "nnUNetTrainer__fold0")) == ["training_log_1.txt"]
@@ -738,7 +792,8 @@ def test_archived_runs_carry_a_benchmark_over_to_a_new_work_folder(tmp_path):
     assert "Not finished yet" not in text
     assert second.run_one(plain, entry)["cases"]["c1"]["1"]["dice"] == 0.5  # cached: nothing is trained
     same_time = methods["nnUNetTrainer_sameTimeAs_MedContext"]
-    assert second.same_time_epochs(same_time, entry["fold"]) == (10, pytest.approx(2.5))
+    second.command = None  # measuring again would fail: the archived ratio is used
+    assert second.same_time_epochs(same_time) == (10, pytest.approx(2.5))
     # once nnU-Net has planned the new work folder, its folds are the archived ones
     (tmp_path / "second" / "preprocessed" / second.dataset).mkdir(parents=True)
     second.restore_archive()
@@ -830,6 +885,11 @@ def test_unfinished_runs_kept_in_the_archive_resume_on_a_new_work_folder(tmp_pat
         json.dump(dict(entry, trainer="nnUNetTrainer", budget=budget, epochs=4, cases={}), f)
     second.keep_run(plain, entry["fold"])
     assert os.listdir(os.path.join(store, "unfinished")) == ["pretraining__nnUNetTrainerVolumeFusion"]
+    # a kept run whose checkpoint did not come along (not committed) starts over, without its old logs
+    os.remove(os.path.join(store, "unfinished", "pretraining__nnUNetTrainerVolumeFusion", "checkpoint_latest.pth"))
+    third = Benchmark(str(tmp_path / "fourth"), settings, [plain, fused], "cpu", 0, archive=store)
+    third.restore_archive(unfinished=True)
+    assert not os.path.exists(third.pretraining_folder(fused))
     # an archive entry that points outside the work folder is refused
     archive._write(os.path.join(store, "unfinished", "evil", "where.json"), {"output_folder": "../elsewhere"})
     with pytest.raises(UserInputError, match="outside the work folder"):

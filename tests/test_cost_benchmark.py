@@ -155,3 +155,23 @@ def test_cuda_memory_ledger_attributes_memory_to_each_trainer(monkeypatch):
     step("a", 100, 0)
     assert ledger.report("a") == {"after_init_bytes": 10, "peak_bytes": 120, "working_bytes": 110}
     assert ledger.report("b") == {"after_init_bytes": 30, "peak_bytes": 360, "working_bytes": 330}
+
+
+def test_cpu_measurement_keeps_a_set_thread_count(monkeypatch):
+    """Beside other trainings (the benchmark's --parallel) the caller limits the threads; one per core would
+    oversubscribe the cores. Unset or unusable values fall back to one thread per core, as nnUNetv2_train."""
+    import multiprocessing
+
+    from nnunet_ext.cost_benchmark import _torch_settings, cpu_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cpu_threads() == 1
+    with _torch_settings(torch.device("cpu")):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    for unusable in ("", "0", "two"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unusable)
+        assert cpu_threads() == multiprocessing.cpu_count()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpu_threads() == multiprocessing.cpu_count()

@@ -21,6 +21,9 @@ Archive layout (JSON and text, and the checkpoints named below)::
                              network), nnU-Net's debug.json (its step budget) and training logs. Every
                              fine-tuning run of every seed and fraction starts from it, and making it again takes
                              as long as a training run.
+    step_cost/<trainer>.json the step-time ratio that sets the equal-wall-clock budgets against this trainer
+                             (``nnUNetv2_ext_benchmark_cost -o``), measured once: every fold and seed, on any
+                             machine, gets the same budget
     unfinished/<run>/        only after ``--keep-unfinished``: a started run's checkpoint_latest.pth, debug.json
                              and training logs, and where.json (its output folder, relative to the work folder),
                              so that a run longer than its machine's life resumes on the next one instead of
@@ -187,7 +190,16 @@ def restore(archive: str, work: str, splits_file: str) -> List[str]:
         _copy(path, target)
         _copy_training_logs(os.path.join(archive, "training_logs", run), os.path.join(work, "training_logs", run))
         restored.append(run)
+    for path in sorted(glob.glob(os.path.join(archive, "step_cost", "*.json"))):
+        target = os.path.join(work, "step_cost", os.path.basename(path))
+        if not os.path.isfile(target):
+            _copy(path, target)
     return restored
+
+
+def store_step_cost(archive: str, cost_file: str) -> None:
+    """Copy a step-cost measurement (``WORK/step_cost/<trainer>.json``) into the archive."""
+    _copy(cost_file, os.path.join(archive, "step_cost", os.path.basename(cost_file)))
 
 
 def keep_training_logs(output_folder: str, work: str, run: str) -> None:
@@ -267,6 +279,8 @@ def restore_unfinished(archive: str, work: str) -> List[str]:
         if os.path.isabs(relative) or relative.split(os.sep)[0] == "..":
             raise ArchiveMismatchError(f"{folder} names an output folder outside the work folder: {relative}")
         target = os.path.join(work, relative)
+        if not os.path.isfile(os.path.join(source, "checkpoint_latest.pth")):
+            continue  # its checkpoint was not kept (e.g. not committed): the run starts over, without old logs
         if (os.path.isfile(os.path.join(work, "metrics", run + ".json"))
                 or any(os.path.isfile(os.path.join(target, c)) for c in ("checkpoint_latest.pth",
                                                                          "checkpoint_final.pth"))):

@@ -1,12 +1,14 @@
-"""Equal wall-clock budgets: how many epochs give plain nnU-Net the training time of a costlier method.
+"""Step budgets of benchmark runs, and the equal wall-clock budget of plain nnU-Net beside a costlier method.
 
 A method that costs k× the baseline's time per step is compared at equal steps *and* with the baseline given
-k× the steps (methods.md §6). k comes from nnU-Net's own per-epoch timings of the two finished runs.
+k× the steps (methods.md §6). k is the ratio of the two trainers' step times that ``nnUNetv2_ext_benchmark_cost``
+measures side by side in one process (:func:`measured_step_ratio`); nnU-Net's logged epoch times
+(:func:`epoch_seconds`) go into the report only.
 """
 import glob
+import json
 import os
 import re
-import statistics
 from typing import List
 
 _EPOCH_TIME = re.compile(r"Epoch time: ([0-9.]+) s")
@@ -22,11 +24,19 @@ def epoch_seconds(output_folder: str) -> List[float]:
     return seconds
 
 
-def time_ratio(method_seconds: List[float], baseline_seconds: List[float]) -> float:
-    """Ratio of median epoch times: medians, because other work on a shared machine slows single epochs."""
-    if not method_seconds or not baseline_seconds:
-        raise ValueError("both runs need logged epoch times")
-    return statistics.median(method_seconds) / statistics.median(baseline_seconds)
+def measured_step_ratio(cost_file: str, trainer: str, baseline: str) -> float:
+    """``trainer``'s median step time over ``baseline``'s, from the JSON that ``nnUNetv2_ext_benchmark_cost -o``
+    wrote; ValueError naming the file when it measured other trainers or no positive ratio."""
+    with open(cost_file) as f:
+        results = json.load(f)
+    measured = results.get("trainers", {})
+    if results.get("baseline") != baseline or trainer not in measured:
+        raise ValueError(f"{cost_file} holds step times of {sorted(measured)} against {results.get('baseline')}, "
+                         f"not of {trainer} against {baseline}.")
+    ratio = measured[trainer].get("step_ratio")
+    if not ratio or ratio <= 0:
+        raise ValueError(f"{cost_file} holds no positive step ratio for {trainer} ({ratio}).")
+    return float(ratio)
 
 
 def matched_epochs(epochs: int, ratio: float) -> int:
@@ -46,8 +56,6 @@ def step_budget(epochs: int, iterations: int, val_iterations: int) -> dict:
 def recorded_budget(output_folder: str):
     """The step budget a run was started with, from the ``debug.json`` nnU-Net writes when training starts
     (after the benchmark has set the budget); None when the folder holds no started run."""
-    import json
-
     path = os.path.join(output_folder, "debug.json")
     if not os.path.isfile(path):
         return None

@@ -20,6 +20,9 @@ from nnunet_ext.errors import UserInputError, positive_int, run_cli
 
 DATASET_ID = 510
 DATASET_NAME = "PhantomBenchmark"
+# equal-wall-clock budgets: the method's and the baseline's training steps interleaved in one process
+# (nnUNetv2_ext_benchmark_cost), after warm-up steps that absorb the first optimiser step and torch.compile
+STEP_COST_STEPS, STEP_COST_WARMUP = 40, 3
 
 MODES = {
     # <= 15 minutes on 2 CPU cores for the methods of methods.json that run in it (not the equal-wall-clock rows,
@@ -72,6 +75,7 @@ class Benchmark:
         self.parallel = parallel
         self.threads_per_run = None  # set while runs train side by side
         self._archive_lock = threading.Lock()  # runs side by side finish in worker threads
+        self._step_cost_lock = threading.Lock()  # one measurement per trainer, also with runs side by side
         self.settings = settings
         self.trainers = trainers
         self.device = device
@@ -274,28 +278,56 @@ class Benchmark:
         return os.path.join(self.results_root(method), self.dataset,
                             f"{method['trainer']}__nnUNetPlans__{self.settings['configuration']}", f"fold_{fold}")
 
-    def same_time_epochs(self, method: dict, fold) -> tuple:
-        """(epochs, ratio) that give ``method['trainer']`` the training time per run of
-        ``method['same_time_as']`` on this fold, from both finished runs' epoch timings."""
-        from nnunet_ext.benchmark.budget import epoch_seconds, matched_epochs, time_ratio
+    def same_time_epochs(self, method: dict) -> tuple:
+        """(epochs, ratio) that give ``method['trainer']`` the training time of ``method['same_time_as']``: the
+        common epoch budget times the ratio of the two trainers' step times (:meth:`step_cost_ratio`).
+
+        One ratio for every fold and seed. Epoch times of the finished runs would not do: a long CPU benchmark's
+        runs span machines of different speed, and with ``--parallel`` an epoch's time depends on its neighbour.
+        """
+        from nnunet_ext.benchmark.budget import matched_epochs
 
         methods = {method_name(m): m for m in benchmark_methods()}
         reference = methods.get(method["same_time_as"])
-        baseline = next(m for m in methods.values() if m.get("baseline"))
         if reference is None:
             raise UserInputError(f"methods.json: '{method_name(method)}' takes the time of "
                                  f"'{method['same_time_as']}', which methods.json does not list.")
-        seconds = {}
-        for m in (reference, baseline):
-            folder = self.training_logs(m, fold)
-            seconds[method_name(m)] = epoch_seconds(folder)
-            if self.finished_run(m, fold) is None or not seconds[method_name(m)]:
-                raise UserInputError(
-                    f"{method_name(method)} on fold {fold} needs the finished runs of {method_name(reference)} and "
-                    f"{method_name(baseline)} on that fold (their epoch times set its budget); {folder} has none. "
-                    f"Run the benchmark with -tr {method_name(baseline)} {method_name(reference)} first.")
-        ratio = time_ratio(seconds[method_name(reference)], seconds[method_name(baseline)])
+        ratio = self.step_cost_ratio(reference["trainer"])
         return matched_epochs(self.settings["epochs"], ratio), ratio
+
+    def baseline_trainer(self) -> str:
+        return next(m["trainer"] for m in benchmark_methods() if m.get("baseline"))
+
+    def step_cost_file(self, trainer: str) -> str:
+        return os.path.join(self.work, "step_cost", f"{trainer}.json")
+
+    def step_cost_ratio(self, trainer: str) -> float:
+        """Step time of ``trainer`` over the baseline trainer's on this benchmark's data and configuration,
+        measured once per work folder with ``nnUNetv2_ext_benchmark_cost`` (steps interleaved in one process, so
+        that the machine's speed and the load beside it hit both alike) and kept in ``step_cost/`` (and the
+        archive). Data loading and augmentation are not in it: they cost the same per step for every trainer, so
+        the baseline's time is somewhat overestimated and the comparison errs against the method."""
+        from nnunet_ext.benchmark.budget import measured_step_ratio
+
+        baseline, path = self.baseline_trainer(), self.step_cost_file(trainer)
+        with self._step_cost_lock:
+            if not os.path.isfile(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                self.command([_bin("nnUNetv2_ext_benchmark_cost"), "-d", DATASET_ID, "-c",
+                              self.settings["configuration"], "-device", self.device, "--baseline", baseline,
+                              "-tr", trainer, "--steps", STEP_COST_STEPS, "--warmup", STEP_COST_WARMUP,
+                              "--no-memory", "--no-inference", "-o", path + ".tmp"], f"step_cost__{trainer}.log")
+                os.replace(path + ".tmp", path)
+                if self.archive:
+                    from nnunet_ext.benchmark import archive
+
+                    with self._archive_lock:
+                        archive.store_step_cost(self.archive, path)
+        try:
+            return measured_step_ratio(path, trainer, baseline)
+        except ValueError as e:
+            raise UserInputError(f"{e} Delete {path} (and its copy in the archive, if any) to measure it again.") \
+                from None
 
     def pretraining_folder(self, method: dict) -> str:
         """nnU-Net's output folder of the pretraining run that ``method`` fine-tunes from."""
@@ -374,7 +406,10 @@ class Benchmark:
         output = self.output_folder(method, fold)
         epochs, time_ratio = s["epochs"], None
         if method.get("same_time_as"):
-            epochs, time_ratio = self.same_time_epochs(method, fold)
+            cached = self.finished_run(method, fold)  # with the epochs it was given
+            if cached is not None:
+                return cached
+            epochs, time_ratio = self.same_time_epochs(method)
         budget = step_budget(epochs, s["iterations"], s["val_iterations"])
         cached = self.finished_run(method, fold, epochs)
         if cached is not None:
@@ -480,8 +515,9 @@ class Benchmark:
             if r.get("time_ratio"):
                 lines.append(f"\n{r['trainer']} ({r['fraction']:.0%}, seed {r['seed']}): {r['epochs']} epochs instead "
                              f"of the common budget's, i.e. {r['time_ratio']:.2f}× the steps: the baseline given the "
-                             f"training time of the method it names (ratio of median epoch times of the two runs). "
-                             f"Its row is the equal-wall-clock comparison; every other row compares at equal steps.")
+                             f"training time of the method it names (the ratio of the two trainers' step times, "
+                             f"measured side by side in one process; WORK/step_cost/). Its row is the "
+                             f"equal-wall-clock comparison; every other row compares at equal steps.")
         for pretrainer in sorted({r["pretrain"] for r in results if r.get("pretrain")}):
             runs = [r for r in results if r.get("pretrain") == pretrainer]
             seconds = [r["pretrain_seconds"] for r in runs if r.get("pretrain_seconds")]
@@ -540,18 +576,13 @@ class Benchmark:
         return result
 
     def job_dependencies(self, jobs: list) -> list:
-        """Per job, the earlier jobs it must wait for when runs train side by side: an equal-wall-clock run waits
-        for the runs whose epoch times set its budget (same fold), and a fine-tuning run whose pretraining is not
-        made yet waits for the first job that makes it (one pretraining run, shared)."""
-        baseline = next((method_name(m) for m in benchmark_methods() if m.get("baseline")), None)
+        """Per job, the earlier jobs it must wait for when runs train side by side: a fine-tuning run whose
+        pretraining is not made yet waits for the first job that makes it (one pretraining run, shared).
+        Equal-wall-clock runs wait for nothing: their budget comes from a step-time measurement of their own."""
         makes_pretraining = {}
         dependencies = []
         for i, (method, entry) in enumerate(jobs):
             needs = set()
-            if method.get("same_time_as"):
-                names = {method["same_time_as"], baseline}
-                needs |= {j for j, (m, e) in enumerate(jobs[:i]) if method_name(m) in names
-                          and e["fold"] == entry["fold"]}
             pretrain = method.get("pretrain")
             if pretrain and not os.path.isfile(os.path.join(self.pretraining_folder(method), "checkpoint_final.pth")):
                 if pretrain in makes_pretraining:
@@ -686,8 +717,9 @@ def main(argv=None):
     parser.add_argument("--parallel", type=positive_int, default=1,
                         help="train this many runs at a time, each with its share of the CPU cores (on 2 cores, "
                              "2 runs side by side did 1.1-1.3x the work of one run with both cores; "
-                             "docs/benchmarks.md). Epoch times, and so the report's time ratios and the "
-                             "equal-wall-clock budgets, then include the other runs' load. Default: 1")
+                             "docs/benchmarks.md). Epoch times, and so the report's time ratios, then include the "
+                             "other runs' load; equal-wall-clock budgets do not (they come from a step-time "
+                             "ratio measured side by side in one process). Default: 1")
     for key, kind in (("num_train", int), ("num_val", int), ("num_test", int), ("num_unlabeled", int),
                       ("epochs", int), ("iterations", int), ("val_iterations", int)):
         parser.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
