@@ -205,7 +205,8 @@ def _torch_settings(device: torch.device):
     """Thread count and cuDNN autotuning as ``nnUNetv2_train`` sets them; restored afterwards.
 
     On the CPU a set ``OMP_NUM_THREADS`` is kept: beside other work (e.g. a benchmark's trainings) one thread
-    per core oversubscribes the cores, and a plain step took 5.2 s with 2 threads against 0.7 s with 1 there.
+    per core oversubscribes the cores: beside two single-thread trainings on 2 cores a plain step took 3.6 s with
+    2 threads against 0.44 s with 1 (docs/cost.md).
     """
     threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     if device.type == "cuda":
