@@ -8,7 +8,7 @@
 # Every finished run's results also go to the archive folder in the repository (metrics and training logs, a few
 # hundred kB per run; commit it): a machine whose work folder is lost between sessions regenerates the data,
 # takes the archived runs and goes on with the first missing one. Before such a machine goes, keep the started
-# run too (its latest checkpoint, a few MB), so that the next machine resumes it instead of starting over:
+# run too (its logs; its latest checkpoint stays out of git, so only a machine that keeps its disk resumes it):
 #
 #   .venv/bin/nnUNetv2_ext_benchmark --mode cpu --work work_data/benchmark_cpu --archive docs/results/cpu --keep-unfinished
 #
