@@ -18,7 +18,7 @@ setup(
         "nnunetv2>=2.8,<2.9",
         "torch>=2.1",
         "numpy",
-        "scipy",
+        "scipy>=1.15",  # stats.bootstrap(rng=...)
         "SimpleITK",
         "nibabel",
         "batchgenerators>=0.25",

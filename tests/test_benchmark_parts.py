@@ -949,3 +949,44 @@ def test_cost_table_reports_median_epoch_times_beside_wall_time():
     assert "| base | 3600 | 1.00× | 30.0 | 1.00× |" in text
     assert "| method | 900 | 0.25× | 75.0 | 2.50× |" in text
     assert "| old | 7200 | 2.00× | — | — |" in text
+
+
+def _case_rows(trainer, per_case, seed=0, fraction=0.1):
+    return [dict(trainer=trainer, fraction=fraction, seed=seed, num_labeled=5, case=case, label=label, dice=d,
+                 hd95=1.0) for case, per_label in per_case.items() for label, d in enumerate(per_label, start=1)]
+
+
+def test_paired_case_comparison_against_hand_computation():
+    """Six cases, every one improved: the mean difference, a percentile bootstrap computed here by hand, and
+    the exact two-sided Wilcoxon p of six positive differences (2 / 2**6)."""
+    from nnunet_ext.benchmark import report
+
+    base = {f"c{i}": (0.5, 0.6) for i in range(6)}
+    gains = [0.01, 0.02, 0.03, 0.05, 0.08, 0.13]
+    method = {f"c{i}": (0.5 + g, 0.6 + g) for i, g in enumerate(gains)}
+    rows = _case_rows("base", base) + _case_rows("method", method)
+    result = report.paired_case_comparison(rows, "method", "base", 0.1, [0])
+    assert result["num_cases"] == 6 and result["wins"] == 6
+    assert result["mean"] == pytest.approx(np.mean(gains))
+    assert result["p_value"] == pytest.approx(2 / 2 ** 6)
+    rng = np.random.default_rng(1)
+    by_hand = np.array(gains)[rng.integers(0, 6, size=(20000, 6))].mean(axis=1)
+    low, high = np.percentile(by_hand, [2.5, 97.5])
+    assert result["low"] == pytest.approx(low, abs=0.01) and result["high"] == pytest.approx(high, abs=0.015)
+    assert result["low"] < result["mean"] < result["high"]
+
+
+def test_paired_case_comparison_averages_seeds_per_case_and_says_when_undefined():
+    from nnunet_ext.benchmark import report
+
+    rows = (_case_rows("base", {"a": (0.5,), "b": (0.5,)}, seed=0) + _case_rows("base", {"a": (0.7,), "b": (0.7,)}, seed=1)
+            + _case_rows("method", {"a": (0.6,), "b": (0.4,)}, seed=0)
+            + _case_rows("method", {"a": (0.8,), "b": (0.8,)}, seed=1))
+    result = report.paired_case_comparison(rows, "method", "base", 0.1, [0, 1])
+    # case a: (+0.1 + 0.1) / 2, case b: (-0.1 + 0.1) / 2
+    assert result["mean"] == pytest.approx(0.05) and result["wins"] == 1 and result["num_cases"] == 2
+    equal = report.paired_case_comparison(rows, "method", "base", 0.1, [1])
+    assert equal["mean"] == pytest.approx(0.1) and math.isnan(equal["low"]) and math.isnan(equal["p_value"])
+    summary = report.summarise(rows)
+    text = report.markdown(summary, ["base", "method"], {1: "liver"}, "base", rows)
+    assert "| method | 10% | 0, 1 | +5.0 |" in text and "1 of 2 |" in text

@@ -100,12 +100,63 @@ def paired_gain(method: dict, baseline: dict) -> tuple:
     return float(np.mean([method["seed_dice"][s] - baseline["seed_dice"][s] for s in common])), common
 
 
+def per_case_dice(rows: Sequence[dict], trainer: str, fraction: float, seed: int) -> Dict[str, float]:
+    """One run's Dice per test case: the mean over the organs of that case (an organ absent from both the
+    prediction and the reference has NaN Dice and does not count)."""
+    per_case = defaultdict(list)
+    for row in rows:
+        if row["trainer"] == trainer and float(row["fraction"]) == fraction and int(row["seed"]) == seed:
+            per_case[row["case"]].append(float(row["dice"]))
+    return {case: _nanmean(values) for case, values in per_case.items()}
+
+
+def paired_case_comparison(rows: Sequence[dict], trainer: str, baseline: str, fraction: float,
+                           seeds: Sequence[int], confidence: float = 0.95, n_resamples: int = 10000,
+                           random_seed: int = 0) -> dict:
+    """How far the test set alone supports a gain: per test case, the method's Dice minus the baseline's
+    (each averaged over ``seeds``, which both trainers have run), a bootstrap confidence interval of the mean
+    difference over the cases (BCa, cases resampled) and the Wilcoxon signed-rank p-value.
+
+    The interval covers the sampling of test cases, not the spread over training seeds (the std over seeds
+    does): with one seed it says whether that run's difference is more than test-case noise.
+
+    Returns:
+        ``{"num_cases", "mean", "low", "high", "p_value", "wins"}``; ``wins`` counts the cases the method
+        improves. NaN where undefined (fewer than 2 cases, all differences equal, no common case).
+    """
+    from scipy import stats
+
+    differences = defaultdict(list)
+    for seed in seeds:
+        method_cases = per_case_dice(rows, trainer, fraction, seed)
+        baseline_cases = per_case_dice(rows, baseline, fraction, seed)
+        for case in sorted(set(method_cases) & set(baseline_cases)):
+            d = method_cases[case] - baseline_cases[case]
+            if not math.isnan(d):
+                differences[case].append(d)
+    # only the cases that every seed has, so each case weighs the same
+    values = np.array([np.mean(v) for v in differences.values() if len(v) == len(seeds)], dtype=float)
+    values = np.round(values, 12)  # a tie averaged over seeds stays a tie, not a rounding error of either sign
+    result = {"num_cases": int(values.size), "mean": float(values.mean()) if values.size else math.nan,
+              "low": math.nan, "high": math.nan, "p_value": math.nan, "wins": int((values > 0).sum())}
+    if values.size < 2 or np.ptp(values) == 0:
+        return result
+    interval = stats.bootstrap((values,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                               method="BCa", rng=np.random.default_rng(random_seed)).confidence_interval
+    result["low"], result["high"] = float(interval.low), float(interval.high)
+    if np.any(values != 0):
+        result["p_value"] = float(stats.wilcoxon(values).pvalue)
+    return result
+
+
 def _seeds(seeds: Sequence[int]) -> str:
     return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(str(s) for s in seeds)
 
 
-def markdown(summary: Sequence[dict], trainers: Sequence[str], label_names: Dict[int, str], baseline: str) -> str:
-    """Tables: Dice (×100) and HD95 (mm) per trainer and labeled fraction, gain over the baseline, per organ.
+def markdown(summary: Sequence[dict], trainers: Sequence[str], label_names: Dict[int, str], baseline: str,
+             rows: Sequence[dict] = ()) -> str:
+    """Tables: Dice (×100) and HD95 (mm) per trainer and labeled fraction, gain over the baseline, per organ;
+    with the per-case ``rows``, also the paired test-case comparison of every gain (:func:`paired_case_comparison`).
 
     A benchmark run piece by piece can have more seeds of one trainer than of another: cells then name their
     number of seeds, and gains compare the seeds both trainers have run (paired)."""
@@ -137,6 +188,8 @@ def markdown(summary: Sequence[dict], trainers: Sequence[str], label_names: Dict
             seen = max(by_key[(t, f)]["num_seeds"], by_key[(baseline, f)]["num_seeds"])
             cells.append(f"{100 * gain:+.1f}" + (f" ({_seeds(common)})" if len(common) < seen else ""))
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    if rows:
+        lines += _case_comparison_lines(summary, trainers, baseline, rows, by_key, fractions)
     lines += ["", "HD95 (mm) over organs and test cases, mean ± std over seeds (cases where an organ is missed "
               "in the prediction have no HD95 and are left out; their Dice of 0 counts above):", "", header, rule]
     for t in trainers:
@@ -153,6 +206,26 @@ def markdown(summary: Sequence[dict], trainers: Sequence[str], label_names: Dict
                 per = by_key[(t, f)]["dice_per_label"]
                 lines.append(f"| {t} | " + " | ".join(_pm(*per[label], 100) for label in labels) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _case_comparison_lines(summary, trainers, baseline, rows, by_key, fractions) -> List[str]:
+    lines = ["", f"Is the gain more than test-case noise? Per test case, Dice minus {baseline}'s (×100, mean over "
+             "the seeds both have run), 95 % bootstrap interval of the mean over cases (BCa, 10,000 resamples), "
+             "Wilcoxon signed-rank p, cases improved. The interval ignores the spread over seeds:", "",
+             "| trainer | labeled | seeds | gain | 95 % interval | p | cases improved |", "|---|---|---|---|---|---|---|"]
+    for t in trainers:
+        for f in fractions:
+            if t == baseline or (t, f) not in by_key or (baseline, f) not in by_key:
+                continue
+            _, common = paired_gain(by_key[(t, f)], by_key[(baseline, f)])
+            if not common:
+                continue
+            c = paired_case_comparison(rows, t, baseline, f, common)
+            interval = "n/a" if math.isnan(c["low"]) else f"{100 * c['low']:+.1f} to {100 * c['high']:+.1f}"
+            p_value = "n/a" if math.isnan(c["p_value"]) else f"{c['p_value']:.3f}"
+            lines.append(f"| {t} | {f:.0%} | {', '.join(str(s) for s in common)} | {100 * c['mean']:+.1f} | "
+                         f"{interval} | {p_value} | {c['wins']} of {c['num_cases']} |")
+    return lines
 
 
 def plot(summary: Sequence[dict], trainers: Sequence[str], path: str, title: str = "") -> None:

@@ -478,7 +478,7 @@ class Benchmark:
         out = os.path.join(self.work, "report")
         report.write_case_csv(rows, os.path.join(out, "results_per_case.csv"))
         report.write_summary_csv(summary, label_names, os.path.join(out, "results_summary.csv"))
-        text = report.markdown(summary, trainers, label_names, baseline)
+        text = report.markdown(summary, trainers, label_names, baseline, rows)
         text += "\n" + self.cost_table(results, trainers, baseline)
         if missing:
             text += f"\nNot finished yet, so not in these tables: {'; '.join(missing)}.\n"
