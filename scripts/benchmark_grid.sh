@@ -47,8 +47,8 @@ export nnUNet_compile="${nnUNet_compile:-f}"  # torch.compile does not pay off o
 
 targets=(nnUNetTrainer nnUNetTrainerMedContext nnUNetTrainerSimCVD VolumeFusion+nnUNetTrainer
          VolumeFusion+nnUNetTrainerSimCVDMedContext)
-others=(nnUNetTrainerMedContext_halfBatch nnUNetTrainer_sameTimeAs_MedContext nnUNetTrainer_sameTimeAs_SimCVD
-        nnUNetTrainer_sameTimeAs_SimCVDMedContext)
+others=(nnUNetTrainerMedContext_halfBatch VolumeFusion4xSteps+nnUNetTrainer nnUNetTrainer_sameTimeAs_MedContext
+        nnUNetTrainer_sameTimeAs_SimCVD nnUNetTrainer_sameTimeAs_SimCVDMedContext)
 
 step() {
     local cmd=(.venv/bin/nnUNetv2_ext_benchmark --mode "$mode" -device "$device" --work "$work" --archive "$archive"

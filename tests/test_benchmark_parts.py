@@ -990,3 +990,27 @@ def test_paired_case_comparison_averages_seeds_per_case_and_says_when_undefined(
     summary = report.summarise(rows)
     text = report.markdown(summary, ["base", "method"], {1: "liver"}, "base", rows)
     assert "| method | 10% | 0, 1 | +5.0 |" in text and "1 of 2 |" in text
+
+
+def test_longer_pretraining_is_a_run_of_its_own(tmp_path):
+    """A method with "pretrain_epochs_factor" pretrains in its own results folder, under its own archive name,
+    with that many times the epochs; the one-budget pretraining is left alone."""
+    from nnunet_ext.benchmark.run import Benchmark, benchmark_methods, pretraining_name
+
+    methods = {m["name"]: m for m in benchmark_methods() if m.get("pretrain")}
+    short, long_ = methods["VolumeFusion+nnUNetTrainer"], methods["VolumeFusion4xSteps+nnUNetTrainer"]
+    assert pretraining_name(short) == "nnUNetTrainerVolumeFusion"
+    assert pretraining_name(long_) == "nnUNetTrainerVolumeFusion__4xSteps"
+    b = Benchmark(str(tmp_path), dict(configuration="3d_small", epochs=120), [short, long_], "cpu", 0)
+    assert b.pretraining_root(short) == os.path.join(str(tmp_path), "results_pretraining")
+    assert b.pretraining_root(long_) == os.path.join(str(tmp_path), "results_pretraining__4xSteps")
+    assert b.pretraining_folder(long_).startswith(b.pretraining_root(long_) + os.sep)
+    assert b.results_root(short) != b.results_root(long_)
+    # two pretrainings: the fine-tuning runs of the long one do not wait for the short one's
+    assert b.job_dependencies([(short, {}), (long_, {}), (long_, {})]) == [set(), set(), {1}]
+    folder = b.pretraining_folder(long_)
+    os.makedirs(folder)
+    with open(os.path.join(folder, "training_log_1.txt"), "w") as f:
+        f.write("x: Epoch 0 \nx: Pseudo dice [np.float32(0.5)] \nx: Epoch 1 \n")
+    assert b.progress_note(long_, 1) == " (pretraining: 1 of 480 epochs done)"
+    assert b.progress_note(short, 1) == ""

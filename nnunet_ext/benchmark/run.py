@@ -59,6 +59,13 @@ def method_name(method: dict) -> str:
     return method.get("name", method["trainer"])
 
 
+def pretraining_name(method: dict) -> str:
+    """The name of the pretraining run a method fine-tunes from: its pretraining trainer, with the factor of a
+    longer pretraining budget (``pretrain_epochs_factor`` in methods.json) when it has one."""
+    factor = int(method.get("pretrain_epochs_factor", 1))
+    return method["pretrain"] + (f"__{factor}xSteps" if factor != 1 else "")
+
+
 def _bin(name: str) -> str:
     return os.path.join(os.path.dirname(sys.executable), name)
 
@@ -149,9 +156,9 @@ class Benchmark:
                                  f"Pass the --archive of this benchmark, or another --archive folder (a new one "
                                  f"is made) or --work folder.") from e
         for method in self.trainers:
-            if method.get("pretrain") and archive.restore_pretraining(self.archive, method["pretrain"],
+            if method.get("pretrain") and archive.restore_pretraining(self.archive, pretraining_name(method),
                                                                       self.pretraining_folder(method)):
-                restored.append(f"{method['pretrain']} pretraining")
+                restored.append(f"{pretraining_name(method)} pretraining")
         if restored:
             print(f"Restored from {self.archive}: {', '.join(restored)}")
 
@@ -191,7 +198,7 @@ class Benchmark:
                 if (not os.path.isfile(os.path.join(self.work, "metrics", run + ".json"))
                         and archive.store_unfinished(self.archive, run, self.work, self.output_folder(method, fold))):
                     kept.append(f"{run}{self.progress_note(method, fold)}")
-        for trainer, folder in {m["pretrain"]: self.pretraining_folder(m) for m in self.trainers
+        for trainer, folder in {pretraining_name(m): self.pretraining_folder(m) for m in self.trainers
                                 if m.get("pretrain")}.items():
             if (not os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
                     and archive.store_unfinished(self.archive, f"pretraining__{trainer}", self.work, folder)):
@@ -329,40 +336,47 @@ class Benchmark:
             raise UserInputError(f"{e} Delete {path} (and its copy in the archive, if any) to measure it again.") \
                 from None
 
+    def pretraining_root(self, method: dict) -> str:
+        """nnU-Net results folder of the pretraining run that ``method`` fine-tunes from; a longer pretraining of
+        the same trainer has its own."""
+        return os.path.join(self.work, "results_pretraining" + pretraining_name(method)[len(method["pretrain"]):])
+
     def pretraining_folder(self, method: dict) -> str:
         """nnU-Net's output folder of the pretraining run that ``method`` fine-tunes from."""
-        return os.path.join(self.work, "results_pretraining", self.dataset,
+        return os.path.join(self.pretraining_root(method), self.dataset,
                             f"{method['pretrain']}__nnUNetPlans__{self.settings['configuration']}", "fold_all")
 
     def pretrain(self, method: dict) -> tuple:
-        """Pretrain once (fold 'all', same step budget as one run) on the pool; returns (checkpoint, seconds).
+        """Pretrain once (fold 'all', the step budget of one run, times ``pretrain_epochs_factor`` if given) on the
+        pool; returns (checkpoint, seconds).
 
-        One pretraining per pretraining trainer, in its own results folder: every method that fine-tunes from
-        it (e.g. plain nnU-Net and the combined trainer from Volume Fusion) starts from the same weights, and
-        seconds is None when an earlier run already made them."""
+        One pretraining per pretraining trainer and budget, in its own results folder: every method that
+        fine-tunes from it (e.g. plain nnU-Net and the combined trainer from Volume Fusion) starts from the same
+        weights, and seconds is None when an earlier run already made them."""
         from nnunet_ext.benchmark.budget import recorded_budget, step_budget
 
         s = self.settings
-        trainer, root = method["pretrain"], os.path.join(self.work, "results_pretraining")
-        checkpoint = os.path.join(self.pretraining_folder(method), "checkpoint_final.pth")
+        trainer, name = method["pretrain"], pretraining_name(method)
+        epochs = s["epochs"] * int(method.get("pretrain_epochs_factor", 1))
+        folder = self.pretraining_folder(method)
+        root, checkpoint = self.pretraining_root(method), os.path.join(folder, "checkpoint_final.pth")
         seconds = None
-        self.refuse_other_budget(recorded_budget(os.path.dirname(checkpoint)),
-                                 step_budget(s["epochs"], s["iterations"], s["val_iterations"]),
-                                 f"a {trainer} pretraining run ({os.path.dirname(checkpoint)})")
+        self.refuse_other_budget(recorded_budget(folder), step_budget(epochs, s["iterations"], s["val_iterations"]),
+                                 f"a {name} pretraining run ({folder})")
         if not os.path.isfile(checkpoint):
             self.command([_bin("nnUNetv2_ext_prepare_pretraining"), "-d", DATASET_ID, "-c", s["configuration"],
                           "-np", 2], f"prepare_pretraining__{trainer}.log")
             seconds = self.command(
                 [sys.executable, "-m", "nnunet_ext.benchmark.train", DATASET_ID, s["configuration"], "all", "-tr",
-                 trainer, "--epochs", s["epochs"], "--iterations", s["iterations"], "--val-iterations",
+                 trainer, "--epochs", epochs, "--iterations", s["iterations"], "--val-iterations",
                  s["val_iterations"], "--seed", 0, "-device", self.device],
-                f"pretrain__{trainer}.log", training=True, results=root)
+                f"pretrain__{name}.log", training=True, results=root)
         if self.archive:
             from nnunet_ext.benchmark import archive
 
             with self._archive_lock:
-                archive.store_pretraining(self.archive, trainer, os.path.dirname(checkpoint))
-                archive.discard_unfinished(self.archive, f"pretraining__{trainer}")
+                archive.store_pretraining(self.archive, name, folder)
+                archive.discard_unfinished(self.archive, f"pretraining__{name}")
         return checkpoint, seconds
 
     def refuse_other_budget(self, recorded: dict, expected: dict, what: str):
@@ -433,7 +447,7 @@ class Benchmark:
         predict_seconds = self.command(predict, f"predict__{name}__fold{fold}.log", results=root)
         logged = epoch_seconds(output)
         result = dict(entry, trainer=name, train_seconds=train_seconds, predict_seconds=predict_seconds,
-                      pretrain=method.get("pretrain"), pretrain_seconds=pretrain_seconds, epochs=epochs,
+                      pretrain=pretraining_name(method) if method.get("pretrain") else None, pretrain_seconds=pretrain_seconds, epochs=epochs,
                       median_epoch_seconds=statistics.median(logged) if logged else None,
                       time_ratio=time_ratio, budget=budget, cases=self.evaluate(predictions))
         with open(metrics_file + ".tmp", "w") as f:
@@ -583,7 +597,7 @@ class Benchmark:
         dependencies = []
         for i, (method, entry) in enumerate(jobs):
             needs = set()
-            pretrain = method.get("pretrain")
+            pretrain = pretraining_name(method) if method.get("pretrain") else None
             if pretrain and not os.path.isfile(os.path.join(self.pretraining_folder(method), "checkpoint_final.pth")):
                 if pretrain in makes_pretraining:
                     needs.add(makes_pretraining[pretrain])
@@ -646,7 +660,8 @@ class Benchmark:
         if method.get("pretrain"):
             done = epochs_done(self.pretraining_folder(method))
             if done:
-                return f" (pretraining: {done} of {self.settings['epochs']} epochs done)"
+                total = self.settings["epochs"] * int(method.get("pretrain_epochs_factor", 1))
+                return f" (pretraining: {done} of {total} epochs done)"
         return ""
 
     def report_finished(self) -> str:
