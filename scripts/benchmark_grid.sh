@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole benchmark grid, piece by piece, in the order that answers the project's targets first
 # (docs/benchmarks.md, "The CPU grid"): plain nnU-Net with all labels (the budget must let it converge), then
-# 10 % labels seed by seed for the baseline and the methods with a target, then 20 % and 100 %, then the ablation
-# and equal-wall-clock rows. Every step is one nnUNetv2_ext_benchmark call on the same work folder, so running
+# 10 % labels seed by seed for the baseline and the methods with a target, then 20 % and 100 %, then the ablations
+# (at 10 %) and the equal-wall-clock rows. Every step is one nnUNetv2_ext_benchmark call on the same work folder, so running
 # this script again (after a reboot, or in the next session) skips finished runs, resumes the interrupted one
 # from its last checkpoint and goes on from there. Stops at the first failure.
 # Every finished run's results also go to the archive folder in the repository (metrics and training logs, a few
@@ -47,8 +47,10 @@ export nnUNet_compile="${nnUNet_compile:-f}"  # torch.compile does not pay off o
 
 targets=(nnUNetTrainer nnUNetTrainerMedContext nnUNetTrainerSimCVD VolumeFusion+nnUNetTrainer
          VolumeFusion+nnUNetTrainerSimCVDMedContext)
-others=(nnUNetTrainerMedContext_halfBatch VolumeFusion4xSteps+nnUNetTrainer nnUNetTrainer_sameTimeAs_MedContext
-        nnUNetTrainer_sameTimeAs_SimCVD nnUNetTrainer_sameTimeAs_SimCVDMedContext)
+# ablations ("ablation": true in methods.json) explain a method's result at the targets' 10 % labels
+ablations=(nnUNetTrainerMedContext_noTeacher nnUNetTrainerMedContext_organ VolumeFusion4xSteps+nnUNetTrainer
+           nnUNetTrainerMedContext_halfBatch)
+equal_time=(nnUNetTrainer_sameTimeAs_MedContext nnUNetTrainer_sameTimeAs_SimCVD nnUNetTrainer_sameTimeAs_SimCVDMedContext)
 
 step() {
     local cmd=(.venv/bin/nnUNetv2_ext_benchmark --mode "$mode" -device "$device" --work "$work" --archive "$archive"
@@ -68,7 +70,8 @@ for fraction in 0.1 0.2 1.0; do
     # beside the last of a seed's (the combined method takes 4x a plain run's time) instead of a core idling
     step --fractions "$fraction" --seeds "${seeds[@]}" -tr "${targets[@]}"
 done
+step --fractions 0.1 --seeds 0 1 2 -tr "${ablations[@]}"
 for fraction in 0.1 0.2 1.0; do
-    step --fractions "$fraction" --seeds 0 1 2 -tr "${others[@]}"
+    step --fractions "$fraction" --seeds 0 1 2 -tr "${equal_time[@]}"
 done
 step --report-only

@@ -41,6 +41,7 @@ train_killed_then_resumed() {  # TRAINER FOLD [extra args]: first call is SIGKIL
 }
 
 SEG="nnUNetTrainer_cudaCheck nnUNetTrainerMedContext_cudaCheck nnUNetTrainerMedContext_halfBatch_cudaCheck
+     nnUNetTrainerMedContext_noTeacher_cudaCheck nnUNetTrainerMedContext_organ_cudaCheck
      nnUNetTrainerSimCVD_cudaCheck nnUNetTrainerSimCVDMedContext_cudaCheck"
 stamp "wave 1: every trainer on fold 0 (Volume Fusion on fold all), in parallel"
 for tr in $SEG; do train_killed_then_resumed "$tr" 0 & done

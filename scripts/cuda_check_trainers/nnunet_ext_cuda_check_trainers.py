@@ -10,7 +10,8 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ext.training.combined import nnUNetTrainerSimCVDMedContext
-from nnunet_ext.training.medcontext import nnUNetTrainerMedContext, nnUNetTrainerMedContext_halfBatch
+from nnunet_ext.training.medcontext import (nnUNetTrainerMedContext, nnUNetTrainerMedContext_halfBatch,
+                                           nnUNetTrainerMedContext_noTeacher, nnUNetTrainerMedContext_organ)
 from nnunet_ext.training.simcvd import nnUNetTrainerSimCVD
 from nnunet_ext.training.volume_fusion import nnUNetTrainerVolumeFusion
 
@@ -42,6 +43,14 @@ class nnUNetTrainerMedContext_cudaCheck(CudaCheckBudget, nnUNetTrainerMedContext
 
 
 class nnUNetTrainerMedContext_halfBatch_cudaCheck(CudaCheckBudget, nnUNetTrainerMedContext_halfBatch):
+    pass
+
+
+class nnUNetTrainerMedContext_noTeacher_cudaCheck(CudaCheckBudget, nnUNetTrainerMedContext_noTeacher):
+    pass
+
+
+class nnUNetTrainerMedContext_organ_cudaCheck(CudaCheckBudget, nnUNetTrainerMedContext_organ):
     pass
 
 
