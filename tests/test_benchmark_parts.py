@@ -1016,3 +1016,20 @@ def test_longer_pretraining_is_a_run_of_its_own(tmp_path):
         f.write("x: Epoch 0 \nx: Pseudo dice [np.float32(0.5)] \nx: Epoch 1 \n")
     assert b.progress_note(long_, 1) == " (pretraining: 1 of 480 epochs done)"
     assert b.progress_note(short, 1) == ""
+
+
+def test_longer_pretraining_trains_its_factor_of_epochs_in_its_own_folder(tmp_path, monkeypatch):
+    from nnunet_ext.benchmark.run import Benchmark, benchmark_methods
+
+    long_ = next(m for m in benchmark_methods() if m.get("pretrain_epochs_factor"))
+    b = Benchmark(str(tmp_path), dict(configuration="3d_small", epochs=7, iterations=3, val_iterations=1),
+                  [long_], "cpu", 0)
+    calls = []
+    monkeypatch.setattr(b, "command", lambda args, log, training=False, results=None:
+                        calls.append((list(map(str, args)), log, results)) or 1.0)
+    checkpoint, seconds = b.pretrain(long_)
+    (prepare, _, _), (train, log, results) = calls
+    assert train[train.index("--epochs") + 1] == str(7 * long_["pretrain_epochs_factor"])
+    assert train[train.index("-tr") + 1] == "nnUNetTrainerVolumeFusion" and "all" in train
+    assert log == "pretrain__nnUNetTrainerVolumeFusion__4xSteps.log"
+    assert results == b.pretraining_root(long_) and checkpoint.startswith(results + os.sep) and seconds == 1.0
