@@ -940,17 +940,65 @@ def test_archive_refuses_runs_made_on_other_generated_data(tmp_path):
 
 
 def test_cost_table_reports_median_epoch_times_beside_wall_time():
-    """A run resumed in a later call records only that call's wall time; nnU-Net's median epoch time still
-    compares the trainers."""
+    """A run resumed in a later call records only that call's wall time, so its wall time is left out; the sum
+    of its epoch times and nnU-Net's median epoch time still compare the trainers. Ratios pair the runs with the
+    baseline's on the same fractions and seeds."""
     from nnunet_ext.benchmark.run import Benchmark
 
-    results = [dict(trainer="base", fraction=0.1, seed=0, train_seconds=3600, median_epoch_seconds=30.0),
-               dict(trainer="method", fraction=0.1, seed=0, train_seconds=900, median_epoch_seconds=75.0),
-               dict(trainer="old", fraction=0.1, seed=0, train_seconds=7200)]  # metrics from before the field
+    results = [dict(trainer="base", fraction=0.1, seed=seed, train_seconds=3600, median_epoch_seconds=30.0,
+                    epoch_seconds_total=3500.0, training_calls=1) for seed in (0, 1)]
+    results += [dict(trainer="base", fraction=1.0, seed=0, train_seconds=1800, median_epoch_seconds=15.0,
+                     epoch_seconds_total=1750.0, training_calls=1),  # no method run at 100 %: not in the ratios
+                dict(trainer="method", fraction=0.1, seed=0, train_seconds=900, median_epoch_seconds=75.0,
+                     epoch_seconds_total=8750.0, training_calls=2),  # resumed: 900 s is its last call only
+                dict(trainer="method", fraction=0.1, seed=1, train_seconds=9000, median_epoch_seconds=75.0,
+                     epoch_seconds_total=8750.0, training_calls=1),
+                dict(trainer="old", fraction=0.1, seed=0, train_seconds=7200)]  # metrics from before the fields
     text = Benchmark.cost_table(results, ["base", "method", "old"], "base")
-    assert "| base | 3600 | 1.00× | 30.0 | 1.00× |" in text
-    assert "| method | 900 | 0.25× | 75.0 | 2.50× |" in text
-    assert "| old | 7200 | 2.00× | — | — |" in text
+    assert "| base | 2917 | 1.00× | 25.0 | 1.00× | 3000 | 1.00× |" in text  # means over its three runs
+    assert "| method | 8750 | 2.50× | 75.0 | 2.50× | 9000 | 2.50× |" in text  # ratios on the common 10 % runs
+    assert "| old | — | — | — | — | 7200 | 2.00× |" in text
+
+
+def test_seconds_per_epoch_counts_each_epoch_once_over_resumed_logs(tmp_path):
+    """Two starts of one run (nnU-Net names its logs by start time, unpadded: day 7 sorts after day 10 by
+    name): epochs 2 and 3 ran again after the resume, and count with their later times."""
+    from nnunet_ext.benchmark.budget import epoch_seconds, seconds_per_epoch, training_logs
+
+    def log(name, epochs):
+        with open(tmp_path / name, "w") as f:
+            for epoch, seconds in epochs:
+                f.write(f"2026-12-07 09:00:00.000001: Epoch {epoch} \n2026-12-07 09:00:00.000002: Current "
+                        f"learning rate: 0.01 \n2026-12-07 09:00:01.000000: train_loss -0.5 \n"
+                        f"2026-12-07 09:00:01.000001: Pseudo dice [np.float32(0.5)] \n"
+                        f"2026-12-07 09:00:01.000002: Epoch time: {seconds} s \n")
+            f.write("2026-12-07 09:00:02.000000: Epoch 99 \n")  # killed during the next epoch: no time
+
+    log("training_log_2026_12_7_9_0_0.txt", [(0, 10.0), (1, 11.0), (2, 12.0), (3, 13.0)])
+    log("training_log_2026_12_10_9_0_0.txt", [(2, 20.0), (3, 21.0), (4, 22.0)])
+    assert [os.path.basename(p) for p in training_logs(str(tmp_path))] == [
+        "training_log_2026_12_7_9_0_0.txt", "training_log_2026_12_10_9_0_0.txt"]
+    assert seconds_per_epoch(str(tmp_path)) == {0: 10.0, 1: 11.0, 2: 20.0, 3: 21.0, 4: 22.0}
+    assert sorted(epoch_seconds(str(tmp_path))) == [10.0, 11.0, 12.0, 13.0, 20.0, 21.0, 22.0]
+
+
+def test_report_times_runs_from_their_training_logs(tmp_path):
+    """The report's cost table takes each run's epoch-time sum and number of starts from the training logs kept
+    beside its metrics, so that archived runs resumed across machines are timed right."""
+    from nnunet_ext.benchmark.run import Benchmark
+
+    plain = {"trainer": "nnUNetTrainer", "baseline": True}
+    b = Benchmark(str(tmp_path), dict(configuration="3d_small", epochs=2), [plain], "cpu", 0)
+    logs = tmp_path / "training_logs" / "nnUNetTrainer__fold1"
+    logs.mkdir(parents=True, exist_ok=True)
+    for name, epochs in (("training_log_2026_12_7_1_0_0.txt", (0, 1)), ("training_log_2026_12_7_2_0_0.txt", (1,))):
+        (logs / name).write_text("".join(f"x: Epoch {e} \nx: Epoch time: {30 + e} s \n" for e in epochs))
+    results = [dict(trainer="nnUNetTrainer", fold=1, epochs=2, train_seconds=40.0),
+               dict(trainer="nnUNetTrainer", fold=2, epochs=2, train_seconds=70.0)]  # no logs kept
+    timed = b.with_training_times(results)
+    assert timed[0]["epoch_seconds_total"] == 61.0 and timed[0]["training_calls"] == 2
+    assert timed[1]["epoch_seconds_total"] is None and timed[1]["training_calls"] is None
+    assert "train_seconds" in results[0] and "training_calls" not in results[0]  # the caller's dicts unchanged
 
 
 def _case_rows(trainer, per_case, seed=0, fraction=0.1):

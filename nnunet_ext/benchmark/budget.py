@@ -3,24 +3,56 @@
 A method that costs k× the baseline's time per step is compared at equal steps *and* with the baseline given
 k× the steps (methods.md §6). k is the ratio of the two trainers' step times that ``nnUNetv2_ext_benchmark_cost``
 measures side by side in one process (:func:`measured_step_ratio`); nnU-Net's logged epoch times
-(:func:`epoch_seconds`) go into the report only.
+(:func:`epoch_seconds`, :func:`seconds_per_epoch`) go into the report only.
 """
 import glob
 import json
 import os
 import re
-from typing import List
+from typing import Dict, List
 
 _EPOCH_TIME = re.compile(r"Epoch time: ([0-9.]+) s")
+_EPOCH_OR_TIME = re.compile(r": Epoch (\d+)\s*$|Epoch time: ([0-9.]+) s", re.M)
+_LOG_STAMP = re.compile(r"training_log_(\d+)_(\d+)_(\d+)_(\d+)_(\d+)_(\d+)\.txt$")
+
+
+def training_logs(output_folder: str) -> List[str]:
+    """A run's ``training_log_*.txt`` files in the order nnU-Net started them (one per start of the training).
+
+    Ordered by the date and time in the name, which nnU-Net writes without zero padding (day 7 after day 10 in
+    name order)."""
+    def started(path):
+        m = _LOG_STAMP.search(os.path.basename(path))
+        return (0, tuple(int(g) for g in m.groups()), path) if m else (1, (), path)
+    return sorted(glob.glob(os.path.join(output_folder, "training_log_*.txt")), key=started)
 
 
 def epoch_seconds(output_folder: str) -> List[float]:
     """Every "Epoch time: X s" that nnU-Net logged in a run's ``training_log_*.txt`` files (resumed runs
     write one file per start)."""
     seconds = []
-    for path in sorted(glob.glob(os.path.join(output_folder, "training_log_*.txt"))):
+    for path in training_logs(output_folder):
         with open(path) as f:
             seconds += [float(m.group(1)) for m in _EPOCH_TIME.finditer(f.read())]
+    return seconds
+
+
+def seconds_per_epoch(output_folder: str) -> Dict[int, float]:
+    """nnU-Net's logged time of each epoch of a run, by epoch number, over all its training logs.
+
+    A run resumed from a checkpoint trains the epochs after that checkpoint again; each epoch counts once, with
+    the time of its last training, so that the sum is the training time of the whole budget (without nnU-Net's
+    start-up and final validation) however often the run was interrupted.
+    """
+    seconds, epoch = {}, None
+    for path in training_logs(output_folder):
+        with open(path) as f:
+            for m in _EPOCH_OR_TIME.finditer(f.read()):
+                if m.group(1) is not None:
+                    epoch = int(m.group(1))
+                elif epoch is not None:
+                    seconds[epoch] = float(m.group(2))
+                    epoch = None
     return seconds
 
 

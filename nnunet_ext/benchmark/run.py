@@ -493,7 +493,7 @@ class Benchmark:
         report.write_case_csv(rows, os.path.join(out, "results_per_case.csv"))
         report.write_summary_csv(summary, label_names, os.path.join(out, "results_summary.csv"))
         text = report.markdown(summary, trainers, label_names, baseline, rows)
-        text += "\n" + self.cost_table(results, trainers, baseline)
+        text += "\n" + self.cost_table(self.with_training_times(results), trainers, baseline)
         if missing:
             text += f"\nNot finished yet, so not in these tables: {'; '.join(missing)}.\n"
         with open(os.path.join(out, "results.md"), "w") as f:
@@ -502,29 +502,62 @@ class Benchmark:
                     title=f"{DATASET_NAME}: {self.settings['epochs'] * self.settings['iterations']} steps per run")
         return text
 
+    def with_training_times(self, results: list) -> list:
+        """The results with what their runs' nnU-Net training logs say of their time: ``epoch_seconds_total``, the
+        sum of the epoch times (each epoch once, also for a resumed run), and ``training_calls``, the number of
+        starts of the training (one log each; a resumed run's ``train_seconds`` covers only its last)."""
+        from nnunet_ext.benchmark.budget import seconds_per_epoch, training_logs
+
+        methods = {method_name(m): m for m in self.trainers}
+        timed = []
+        for r in results:
+            method = methods.get(r["trainer"])
+            if method is None or r.get("fold") is None:
+                timed.append(r)
+                continue
+            folder = self.training_logs(method, r["fold"])
+            per_epoch = seconds_per_epoch(folder)
+            complete = per_epoch and len(per_epoch) == r.get("epochs")
+            timed.append(dict(r, training_calls=len(training_logs(folder)) or None,
+                              epoch_seconds_total=sum(per_epoch.values()) if complete else None))
+        return timed
+
     @staticmethod
     def cost_table(results: list, trainers: list, baseline: str) -> str:
-        """Training time per trainer relative to the baseline (runs of this benchmark, same machine): wall time of
-        the training call, and nnU-Net's median epoch time, which a run resumed or paused on the way (a long CPU
-        benchmark) leaves intact where its wall time covers only the last call or includes the pause."""
-        def mean_of(key, t):
-            values = [r[key] for r in results if r["trainer"] == t and r.get(key)]
-            return sum(values) / len(values) if values else None
+        """Training time per trainer relative to the baseline (runs of this benchmark, same machine).
+
+        Three measures, since a long CPU benchmark resumes and pauses runs: the sum of nnU-Net's epoch times
+        (``epoch_seconds_total``, each epoch once, unaffected by resuming), nnU-Net's median epoch time, and the
+        wall time of the training call (start-up and final validation included), which is only kept for runs
+        trained in one call (``training_calls``; metrics without the field count as one call)."""
+        def timed(key, t):
+            """(fraction, seed) -> the run's value, for the runs of ``t`` that have one."""
+            return {(r["fraction"], r["seed"]): r[key] for r in results if r["trainer"] == t and r.get(key)
+                    and (key != "train_seconds" or (r.get("training_calls") or 1) == 1)}
 
         def cells(key, t):
-            value, base = mean_of(key, t), mean_of(key, baseline)
-            if value is None:
+            values, base = timed(key, t), timed(key, baseline)
+            if not values:
                 return "— | —"
-            return f"{value:.{0 if key == 'train_seconds' else 1}f} | " + (f"{value / base:.2f}×" if base else "—")
+            mean = sum(values.values()) / len(values)
+            # relative to the baseline's runs on the same fractions and seeds: runs differ in fraction (epoch
+            # times do: the unlabeled batch of a semi-supervised method) and in what trained beside them
+            common = sorted(set(values) & set(base))
+            ratio = (f"{sum(values[k] for k in common) / sum(base[k] for k in common):.2f}×" if common else "—")
+            return f"{mean:.{1 if key == 'median_epoch_seconds' else 0}f} | {ratio}"
 
-        lines = ["Training time per run (wall time of the training call, with nnU-Net's start-up and final "
-                 "validation; and nnU-Net's median epoch time, unaffected by resuming or pausing a run; same "
-                 "budget in steps for every trainer):", "",
-                 "| trainer | mean s per run | relative to baseline | median epoch s | relative to baseline |",
-                 "|---|---|---|---|---|"]
+        keys = ("epoch_seconds_total", "median_epoch_seconds", "train_seconds")
+        lines = ["Training time per run, same budget in steps for every trainer: the sum of nnU-Net's epoch times "
+                 "(each epoch once, also in a run resumed from a checkpoint; without start-up and final "
+                 "validation), nnU-Net's median epoch time, and the wall time of the training call with start-up "
+                 "and final validation, over the runs trained in one call (a resumed run's covers only its last "
+                 "call); each ratio to the baseline over the runs of both on the same fractions and seeds:", "",
+                 "| trainer | training s per run (epochs) | relative to baseline | median epoch s | relative to "
+                 "baseline | wall s per run (one call) | relative to baseline |",
+                 "|---|---|---|---|---|---|---|"]
         for t in trainers:
-            if mean_of("train_seconds", t) or mean_of("median_epoch_seconds", t):
-                lines.append(f"| {t} | {cells('train_seconds', t)} | {cells('median_epoch_seconds', t)} |")
+            if any(timed(key, t) for key in keys):
+                lines.append(f"| {t} | " + " | ".join(cells(key, t) for key in keys) + " |")
         for r in results:
             if r.get("time_ratio"):
                 lines.append(f"\n{r['trainer']} ({r['fraction']:.0%}, seed {r['seed']}): {r['epochs']} epochs instead "
