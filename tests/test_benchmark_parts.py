@@ -963,7 +963,7 @@ def test_cost_table_reports_median_epoch_times_beside_wall_time():
 def test_seconds_per_epoch_counts_each_epoch_once_over_resumed_logs(tmp_path):
     """Two starts of one run (nnU-Net names its logs by start time, unpadded: day 7 sorts after day 10 by
     name): epochs 2 and 3 ran again after the resume, and count with their later times."""
-    from nnunet_ext.benchmark.budget import epoch_seconds, seconds_per_epoch, training_logs
+    from nnunet_ext.benchmark.budget import epoch_seconds, seconds_per_epoch, training_log_files
 
     def log(name, epochs):
         with open(tmp_path / name, "w") as f:
@@ -976,7 +976,7 @@ def test_seconds_per_epoch_counts_each_epoch_once_over_resumed_logs(tmp_path):
 
     log("training_log_2026_12_7_9_0_0.txt", [(0, 10.0), (1, 11.0), (2, 12.0), (3, 13.0)])
     log("training_log_2026_12_10_9_0_0.txt", [(2, 20.0), (3, 21.0), (4, 22.0)])
-    assert [os.path.basename(p) for p in training_logs(str(tmp_path))] == [
+    assert [os.path.basename(p) for p in training_log_files(str(tmp_path))] == [
         "training_log_2026_12_7_9_0_0.txt", "training_log_2026_12_10_9_0_0.txt"]
     assert seconds_per_epoch(str(tmp_path)) == {0: 10.0, 1: 11.0, 2: 20.0, 3: 21.0, 4: 22.0}
     assert sorted(epoch_seconds(str(tmp_path))) == [10.0, 11.0, 12.0, 13.0, 20.0, 21.0, 22.0]

@@ -16,7 +16,7 @@ _EPOCH_OR_TIME = re.compile(r": Epoch (\d+)\s*$|Epoch time: ([0-9.]+) s", re.M)
 _LOG_STAMP = re.compile(r"training_log_(\d+)_(\d+)_(\d+)_(\d+)_(\d+)_(\d+)\.txt$")
 
 
-def training_logs(output_folder: str) -> List[str]:
+def training_log_files(output_folder: str) -> List[str]:
     """A run's ``training_log_*.txt`` files in the order nnU-Net started them (one per start of the training).
 
     Ordered by the date and time in the name, which nnU-Net writes without zero padding (day 7 after day 10 in
@@ -31,7 +31,7 @@ def epoch_seconds(output_folder: str) -> List[float]:
     """Every "Epoch time: X s" that nnU-Net logged in a run's ``training_log_*.txt`` files (resumed runs
     write one file per start)."""
     seconds = []
-    for path in training_logs(output_folder):
+    for path in training_log_files(output_folder):
         with open(path) as f:
             seconds += [float(m.group(1)) for m in _EPOCH_TIME.finditer(f.read())]
     return seconds
@@ -45,7 +45,7 @@ def seconds_per_epoch(output_folder: str) -> Dict[int, float]:
     start-up and final validation) however often the run was interrupted.
     """
     seconds, epoch = {}, None
-    for path in training_logs(output_folder):
+    for path in training_log_files(output_folder):
         with open(path) as f:
             for m in _EPOCH_OR_TIME.finditer(f.read()):
                 if m.group(1) is not None:

@@ -506,7 +506,7 @@ class Benchmark:
         """The results with what their runs' nnU-Net training logs say of their time: ``epoch_seconds_total``, the
         sum of the epoch times (each epoch once, also for a resumed run), and ``training_calls``, the number of
         starts of the training (one log each; a resumed run's ``train_seconds`` covers only its last)."""
-        from nnunet_ext.benchmark.budget import seconds_per_epoch, training_logs
+        from nnunet_ext.benchmark.budget import seconds_per_epoch, training_log_files
 
         methods = {method_name(m): m for m in self.trainers}
         timed = []
@@ -518,7 +518,7 @@ class Benchmark:
             folder = self.training_logs(method, r["fold"])
             per_epoch = seconds_per_epoch(folder)
             complete = per_epoch and len(per_epoch) == r.get("epochs")
-            timed.append(dict(r, training_calls=len(training_logs(folder)) or None,
+            timed.append(dict(r, training_calls=len(training_log_files(folder)) or None,
                               epoch_seconds_total=sum(per_epoch.values()) if complete else None))
         return timed
 
