@@ -562,9 +562,12 @@ def test_training_curves_from_nnunet_logs(tmp_path):
     assert epochs == {0: {"train_loss": 1.5251, "val_loss": -0.4932, "pseudo_dice": [0.0, 0.8123]}}
     run = tmp_path / "nnUNetTrainerX__nnUNetPlans__3d_small" / "fold_0"
     run.mkdir(parents=True)
-    (run / "training_log_2026_11_24_1.txt").write_text(log)
-    # the resumed run's log repeats epoch 1 to the end: the later log wins
-    (run / "training_log_2026_11_24_2.txt").write_text(
+    # killed after epoch 1 finished but before a checkpoint held it
+    (run / "training_log_2026_11_9_21_35_26.txt").write_text(
+        log + "x: val_loss 0.8 \nx: Pseudo dice [np.float32(0.1), np.float32(0.1)] \n")
+    # the run resumed the next day repeats epoch 1 to the end: the later log wins, although nnU-Net's unpadded
+    # name sorts it first
+    (run / "training_log_2026_11_10_8_0_0.txt").write_text(
         "x: Epoch 1 \nx: train_loss 0.5 \nx: val_loss 0.25 \nx: Pseudo dice [np.float32(0.5), np.float32(0.5)] \n")
     assert read_run(str(run))[1] == {"train_loss": 0.5, "val_loss": 0.25, "pseudo_dice": [0.5, 0.5]}
     with pytest.raises(FileNotFoundError, match="no nnU-Net training log"):

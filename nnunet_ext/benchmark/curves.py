@@ -6,10 +6,11 @@ pseudo Dice over classes, the validation loss and the training loss of each run 
 look into why a method does or does not beat the baseline.
 """
 import argparse
-import glob
 import os
 import re
 from typing import Dict, List
+
+from nnunet_ext.benchmark.budget import training_log_files
 
 _EPOCH = re.compile(r": Epoch (\d+) ?$")
 _VALUE = re.compile(r": (train_loss|val_loss) (-?[0-9.]+(?:e-?\d+)?)")
@@ -39,9 +40,10 @@ def parse_training_log(text: str) -> Dict[int, dict]:
 
 
 def read_run(folder: str) -> Dict[int, dict]:
-    """All ``training_log_*.txt`` of a run folder, in the order they were written."""
+    """All ``training_log_*.txt`` of a run folder, in the order they were started (an epoch trained again after a
+    resume counts as logged last)."""
     epochs = {}
-    for path in sorted(glob.glob(os.path.join(folder, "training_log_*.txt"))):
+    for path in training_log_files(folder):
         with open(path) as f:
             epochs.update(parse_training_log(f.read()))
     if not epochs:
