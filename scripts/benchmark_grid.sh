@@ -3,8 +3,8 @@
 # (docs/benchmarks.md, "The CPU grid"): plain nnU-Net with all labels (the budget must let it converge), then
 # 10 % labels seed by seed for the baseline and the methods with a target, the ablations (at 10 %) on seed 0,
 # 20 % labels and the 100 %-label baseline it is compared with, the ablations' other seeds, the methods at 100 %,
-# and the equal-wall-clock rows. Every step is one nnUNetv2_ext_benchmark call on the same work folder, so running
-# this script again (after a reboot, or in the next session) skips finished runs, resumes the interrupted one
+# and the equal-wall-clock rows; on the CPU grid the runs longer than a session go last (long_runs, below). Every
+# step is one nnUNetv2_ext_benchmark call on the same work folder, so running this script again (after a reboot, or in the next session) skips finished runs, resumes the interrupted one
 # from its last checkpoint and goes on from there. Stops at the first failure.
 # Every finished run's results also go to the archive folder in the repository (metrics and training logs, a few
 # hundred kB per run; commit it): a machine whose work folder is lost between sessions regenerates the data,
@@ -53,31 +53,69 @@ ablations=(nnUNetTrainerMedContext_noTeacher nnUNetTrainerMedContext_organ Volum
            nnUNetTrainerMedContext_halfBatch)
 equal_time=(nnUNetTrainer_sameTimeAs_MedContext nnUNetTrainer_sameTimeAs_SimCVD nnUNetTrainer_sameTimeAs_SimCVDMedContext)
 
+# Runs that take longer than a session of this project's CPU machines (3 hours, whose work folder may be gone in the
+# next): the combined method (about 3.4 h beside another run on 2 cores), the 4x pretraining (about 4 h) and plain
+# nnU-Net for the combined method's time. On a machine that loses its disk they would start over in every session
+# and never finish, so in --mode cpu the grid runs in two passes in the same order: every other run first, these
+# last (for a machine that keeps its disk; docs/benchmarks.md, "The CPU grid"). --mode full (a GPU) has one pass.
+long_runs=(VolumeFusion+nnUNetTrainerSimCVDMedContext VolumeFusion4xSteps+nnUNetTrainer
+           nnUNetTrainer_sameTimeAs_SimCVDMedContext)
+pass=all
+
+is_long() {
+    local run
+    for run in "${long_runs[@]}"; do [[ "$run" == "$1" ]] && return 0; done
+    return 1
+}
+
+# one nnUNetv2_ext_benchmark call: the options, then -tr TRAINER...; only the trainers of this pass, none: no call
 step() {
+    local options=() trainers=() trainer
+    while [[ $# -gt 0 && "$1" != -tr ]]; do options+=("$1"); shift; done
+    if [[ $# -gt 0 ]]; then
+        shift
+        for trainer in "$@"; do
+            if [[ "$pass" == all ]] || { [[ "$pass" == long ]] && is_long "$trainer"; } \
+                    || { [[ "$pass" == short ]] && ! is_long "$trainer"; }; then
+                trainers+=("$trainer")
+            fi
+        done
+        [[ ${#trainers[@]} -gt 0 ]] || return 0
+        options+=(-tr "${trainers[@]}")
+    fi
     local cmd=(.venv/bin/nnUNetv2_ext_benchmark --mode "$mode" -device "$device" --work "$work" --archive "$archive"
-               --parallel "$parallel" "$@")
+               --parallel "$parallel" "${options[@]}")
     echo "$(date '+%F %T') ${cmd[*]}"
     if ! $dry_run; then "${cmd[@]}"; fi
 }
 
-# the budget first: plain nnU-Net with all labels must converge on the data (methods.md, section 6)
-step --fractions 1.0 --seeds 0 -tr nnUNetTrainer
-# the targets at 10 % labels; one call for the three seeds (its runs go seed by seed): with --parallel 2 the next
-# seed's runs train beside the last of a seed's (the combined method takes 4x a plain run's time) instead of a
-# core idling
-seeds=(0 1 2)
-# full: seed 0 at 10 % of every method but the combined one was measured before the archive existed
-# (docs/benchmarks.md), and its runs were lost with their machine: the other seeds first
-if [[ "$mode" == full ]]; then seeds=(1 2 0); fi
-step --fractions 0.1 --seeds "${seeds[@]}" -tr "${targets[@]}"
-# why a method falls short of its target: one seed of the ablations before the other fractions
-step --fractions 0.1 --seeds 0 -tr "${ablations[@]}"
-# the 20 % target: the methods at 20 %, and plain nnU-Net's 100 %-label Dice it is measured against
-step --fractions 0.2 --seeds 0 1 2 -tr "${targets[@]}"
-step --fractions 1.0 --seeds 1 2 -tr nnUNetTrainer
-step --fractions 0.1 --seeds 1 2 -tr "${ablations[@]}"
-step --fractions 1.0 --seeds 0 1 2 -tr "${targets[@]}"
-for fraction in 0.1 0.2 1.0; do
-    step --fractions "$fraction" --seeds 0 1 2 -tr "${equal_time[@]}"
-done
+grid() {
+    # the budget first: plain nnU-Net with all labels must converge on the data (methods.md, section 6)
+    step --fractions 1.0 --seeds 0 -tr nnUNetTrainer
+    # the targets at 10 % labels; one call for the three seeds (its runs go seed by seed): with --parallel 2 the
+    # next seed's runs train beside the last of a seed's instead of a core idling
+    local seeds=(0 1 2)
+    # full: seed 0 at 10 % of every method but the combined one was measured before the archive existed
+    # (docs/benchmarks.md), and its runs were lost with their machine: the other seeds first
+    if [[ "$mode" == full ]]; then seeds=(1 2 0); fi
+    step --fractions 0.1 --seeds "${seeds[@]}" -tr "${targets[@]}"
+    # why a method falls short of its target: one seed of the ablations before the other fractions
+    step --fractions 0.1 --seeds 0 -tr "${ablations[@]}"
+    # the 20 % target: the methods at 20 %, and plain nnU-Net's 100 %-label Dice it is measured against
+    step --fractions 0.2 --seeds 0 1 2 -tr "${targets[@]}"
+    step --fractions 1.0 --seeds 1 2 -tr nnUNetTrainer
+    step --fractions 0.1 --seeds 1 2 -tr "${ablations[@]}"
+    step --fractions 1.0 --seeds 0 1 2 -tr "${targets[@]}"
+    local fraction
+    for fraction in 0.1 0.2 1.0; do
+        step --fractions "$fraction" --seeds 0 1 2 -tr "${equal_time[@]}"
+    done
+}
+
+if [[ "$mode" == cpu ]]; then
+    pass=short; grid
+    pass=long; grid
+else
+    grid
+fi
 step --report-only

@@ -678,6 +678,33 @@ def test_grid_script_runs_every_method_of_its_modes_grid(mode):
     assert report_only and "--report-only" in out.splitlines()[-1]
 
 
+def test_cpu_grid_runs_the_runs_longer_than_a_session_last():
+    """On the CPU grid the combined method, the 4x pretraining and plain nnU-Net for the combined method's time
+    (more than a 3-hour session each) come after every other run and in calls of their own, so that a machine that
+    loses its work folder between sessions finishes the other runs instead of restarting one of these."""
+    import shlex
+    import subprocess
+
+    from nnunet_ext.benchmark.run import benchmark_methods, method_name
+
+    methods = benchmark_methods()
+    combined = {method_name(m) for m in methods if "SimCVDMedContext" in m["trainer"] and not m.get("same_time_as")}
+    long_runs = combined | {method_name(m) for m in methods if int(m.get("pretrain_epochs_factor", 1)) > 1
+                            or m.get("same_time_as") in combined}
+    assert len(long_runs) == 3
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(["bash", os.path.join(root, "scripts", "benchmark_grid.sh"), "--dry-run"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    calls = [set(shlex.split(line)[shlex.split(line).index("-tr") + 1:]) for line in out if " -tr " in line]
+    kinds = [bool(c & long_runs) for c in calls]
+    assert all(not (c & long_runs) or c <= long_runs for c in calls)  # no call mixes the two
+    first_long = kinds.index(True)
+    assert not any(kinds[:first_long]) and all(kinds[first_long:])
+    full = subprocess.run(["bash", os.path.join(root, "scripts", "benchmark_grid.sh"), "--dry-run", "--mode", "full"],
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "VolumeFusion+nnUNetTrainerSimCVDMedContext" in full[1]  # a GPU has no such limit: the targets together
+
+
 def test_grid_script_refuses_an_unknown_mode():
     import subprocess
 
@@ -826,6 +853,45 @@ def test_archived_runs_carry_a_benchmark_over_to_a_new_work_folder(tmp_path):
     other = Benchmark(str(tmp_path / "third"), dict(settings, shape=(16, 16, 16)), [plain], "cpu", 0, archive=store)
     with pytest.raises(UserInputError, match="does not belong to the work folder.*shape"):
         other.report_finished()
+
+
+def test_a_pretraining_made_again_is_archived_beside_the_first_not_into_it(tmp_path):
+    """A machine without the archived pretraining's checkpoint (git does not keep it) pretrains again: other
+    weights, so another archive folder; the first run's logs and debug.json stay as they were. A resumed or restored
+    run (it shares a training log with an archived one) goes on in its own folder, and a new work folder gets the
+    latest pretraining that has its checkpoint."""
+    from nnunet_ext.benchmark import archive
+
+    def pretraining(folder, logs, debug, weights=None):
+        os.makedirs(tmp_path / folder, exist_ok=True)
+        for log in logs:
+            (tmp_path / folder / log).write_text(f"{log} of {debug}")
+        (tmp_path / folder / "debug.json").write_text(debug)
+        if weights is not None:
+            (tmp_path / folder / "checkpoint_final.pth").write_bytes(weights)
+        return str(tmp_path / folder)
+
+    store = str(tmp_path / "archive")
+    first = pretraining("a", ["training_log_2026_12_6_23_50_20.txt"], "first")
+    assert archive.store_pretraining(store, "VF", first).endswith(os.path.join("pretraining", "VF"))
+    resumed = pretraining("a", ["training_log_2026_12_7_2_14_52.txt"], "first, resumed")  # same folder, 2 logs
+    assert archive.store_pretraining(store, "VF", resumed).endswith(os.path.join("pretraining", "VF"))
+    archived = os.path.join(store, "pretraining", "VF")  # without its checkpoint, as in a clone of the repository
+    again = pretraining("b", ["training_log_2026_12_7_14_59_47.txt"], "second", b"second weights")
+    target = archive.store_pretraining(store, "VF", again)
+    assert target == os.path.join(store, "pretraining", "VF__run2")
+    assert sorted(os.listdir(archived)) == ["debug.json", "training_log_2026_12_6_23_50_20.txt",
+                                            "training_log_2026_12_7_2_14_52.txt"]
+    assert open(os.path.join(archived, "debug.json")).read() == "first, resumed"
+    assert sorted(os.listdir(target)) == ["checkpoint_final.pth", "debug.json", "training_log_2026_12_7_14_59_47.txt"]
+    assert archive.pretraining_runs(store, "VF") == [archived, target]
+    # a third machine takes the second run, the only one with weights, and archiving it again changes nothing
+    third = str(tmp_path / "c")
+    assert archive.restore_pretraining(store, "VF", third)
+    assert open(os.path.join(third, "checkpoint_final.pth"), "rb").read() == b"second weights"
+    assert archive.store_pretraining(store, "VF", third) == target
+    assert archive.pretraining_runs(store, "VF") == [archived, target]
+    assert not archive.restore_pretraining(store, "VF", third)  # it holds a finished one
 
 
 def test_unfinished_runs_kept_in_the_archive_resume_on_a_new_work_folder(tmp_path):
@@ -998,9 +1064,10 @@ def test_report_times_runs_from_their_training_logs(tmp_path):
         (logs / name).write_text("".join(f"x: Epoch {e} \nx: Epoch time: {30 + e} s \n" for e in epochs))
     results = [dict(trainer="nnUNetTrainer", fold=1, epochs=2, train_seconds=40.0),
                dict(trainer="nnUNetTrainer", fold=2, epochs=2, train_seconds=70.0)]  # no logs kept
-    timed = b.with_training_times(results)
+    timed = b.with_run_records(results)
     assert timed[0]["epoch_seconds_total"] == 61.0 and timed[0]["training_calls"] == 2
     assert timed[1]["epoch_seconds_total"] is None and timed[1]["training_calls"] is None
+    assert timed[0]["validation_dice"] is None  # no run folder with nnU-Net's final validation here
     assert "train_seconds" in results[0] and "training_calls" not in results[0]  # the caller's dicts unchanged
 
 
@@ -1084,3 +1151,30 @@ def test_longer_pretraining_trains_its_factor_of_epochs_in_its_own_folder(tmp_pa
     assert train[train.index("-tr") + 1] == "nnUNetTrainerVolumeFusion" and "all" in train
     assert log == "pretrain__nnUNetTrainerVolumeFusion__4xSteps.log"
     assert results == b.pretraining_root(long_) and checkpoint.startswith(results + os.sep) and seconds == 1.0
+
+
+def test_validation_table_pairs_gains_on_common_seeds(tmp_path):
+    """nnU-Net's final validation per trainer: mean ± std over seeds, the gain over the baseline averaged over
+    the seeds both have; runs without the field do not count, and no run with it gives no table."""
+    import json
+
+    from nnunet_ext.benchmark import report
+    from nnunet_ext.benchmark.budget import validation_dice
+
+    results = [dict(trainer="base", fraction=0.1, seed=0, validation_dice=0.70),
+               dict(trainer="base", fraction=0.1, seed=1, validation_dice=0.74),
+               dict(trainer="base", fraction=1.0, seed=0, validation_dice=None),  # validated before the field
+               dict(trainer="method", fraction=0.1, seed=1, validation_dice=0.77),
+               dict(trainer="method", fraction=0.1, seed=2, validation_dice=0.60)]  # no baseline seed 2
+    lines = report.validation_lines(results, ["base", "method", "absent"], "base")
+    assert "| trainer | 10% |" in lines
+    assert "| base | 72.0 ± 2.8 |" in lines  # std over seeds, ddof 1: 0.04 / sqrt(2)
+    assert "| method | 68.5 ± 12.0 (+3.0) |" in lines  # the gain on seed 1 only
+    assert not any(line.startswith("| absent") for line in lines)
+    assert report.validation_lines([dict(trainer="base", fraction=0.1, seed=0)], ["base"], "base") == []
+
+    run = tmp_path / "fold_1"
+    assert validation_dice(str(run)) is None
+    (run / "validation").mkdir(parents=True)
+    (run / "validation" / "summary.json").write_text(json.dumps({"foreground_mean": {"Dice": 0.75}}))
+    assert validation_dice(str(run)) == 0.75

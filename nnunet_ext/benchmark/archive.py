@@ -20,7 +20,8 @@ Archive layout (JSON and text, and the checkpoints named below)::
     pretraining/<trainer>/   a finished pretraining run: checkpoint_final.pth (about 3 MB for the benchmark's
                              network), nnU-Net's debug.json (its step budget) and training logs. Every
                              fine-tuning run of every seed and fraction starts from it, and making it again takes
-                             as long as a training run.
+                             as long as a training run. A pretraining made again (on a machine without the
+                             checkpoint, which git does not keep) goes to pretraining/<trainer>__run<N>/.
     step_cost/<trainer>.json the step-time ratio that sets the equal-wall-clock budgets against this trainer
                              (``nnUNetv2_ext_benchmark_cost -o``), measured once: every fold and seed, on any
                              machine, gets the same budget
@@ -225,9 +226,39 @@ def store(archive: str, work: str, splits_file: str, dataset_json: str, runs: Se
 PRETRAINING_FILES = ("checkpoint_final.pth", "debug.json")
 
 
-def store_pretraining(archive: str, trainer: str, output_folder: str) -> None:
-    """Copy a finished pretraining run (final checkpoint, debug.json, training logs) into the archive."""
-    target = os.path.join(archive, "pretraining", trainer)
+def pretraining_runs(archive: str, trainer: str) -> List[str]:
+    """The archive's folders of ``trainer``'s pretraining runs, oldest first: ``pretraining/<trainer>`` and, for each
+    pretraining made again later, ``pretraining/<trainer>__run<N>`` (N = 2, 3, ...)."""
+    root = os.path.join(archive, "pretraining")
+    runs = [os.path.join(root, trainer)] if os.path.isdir(os.path.join(root, trainer)) else []
+    number = 2
+    while os.path.isdir(os.path.join(root, f"{trainer}__run{number}")):
+        runs.append(os.path.join(root, f"{trainer}__run{number}"))
+        number += 1
+    return runs
+
+
+def _log_names(folder: str) -> set:
+    return {os.path.basename(p) for p in glob.glob(os.path.join(folder, "training_log_*.txt"))}
+
+
+def store_pretraining(archive: str, trainer: str, output_folder: str) -> str:
+    """Copy a finished pretraining run (final checkpoint, debug.json, training logs) into the archive; returns the
+    folder it went to.
+
+    That is the archived run it continues (one that shares a training log with it: the same run, resumed or
+    restored), or else a new ``__run<N>`` folder: a pretraining made again, on a machine that had not kept the
+    first one's checkpoint, has other weights (CPU training is not bit-reproducible), and merging its logs and
+    debug.json into the first one's would make one run of two."""
+    runs = pretraining_runs(archive, trainer)
+    logs = _log_names(output_folder)
+    same = [r for r in runs if _log_names(r) & logs]
+    if same:
+        target = same[-1]
+    elif not runs:
+        target = os.path.join(archive, "pretraining", trainer)
+    else:
+        target = os.path.join(archive, "pretraining", f"{trainer}__run{len(runs) + 1}")
     for name in PRETRAINING_FILES:
         source = os.path.join(output_folder, name)
         # the checkpoint is final: copied once, not again for every run fine-tuned from it
@@ -235,16 +266,17 @@ def store_pretraining(archive: str, trainer: str, output_folder: str) -> None:
                                            and os.path.isfile(os.path.join(target, name))):
             _copy(source, os.path.join(target, name))
     _copy_training_logs(output_folder, target)
+    return target
 
 
 def restore_pretraining(archive: str, trainer: str, output_folder: str) -> bool:
-    """Put the archived pretraining run of ``trainer`` into ``output_folder`` unless that holds a finished one;
-    True if it was restored."""
-    source = os.path.join(archive, "pretraining", trainer)
-    if not os.path.isfile(os.path.join(source, "checkpoint_final.pth")):
+    """Put the latest archived pretraining run of ``trainer`` that has its checkpoint into ``output_folder`` unless
+    that holds a finished one; True if it was restored."""
+    with_checkpoint = [r for r in pretraining_runs(archive, trainer)
+                       if os.path.isfile(os.path.join(r, "checkpoint_final.pth"))]
+    if not with_checkpoint or os.path.isfile(os.path.join(output_folder, "checkpoint_final.pth")):
         return False
-    if os.path.isfile(os.path.join(output_folder, "checkpoint_final.pth")):
-        return False
+    source = with_checkpoint[-1]
     # the checkpoint last: a copy interrupted before it leaves no finished-looking run behind
     for name in sorted(os.listdir(source), key=lambda n: n == "checkpoint_final.pth"):
         _copy(os.path.join(source, name), os.path.join(output_folder, name))

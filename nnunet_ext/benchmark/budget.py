@@ -9,7 +9,7 @@ import glob
 import json
 import os
 import re
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 _EPOCH_TIME = re.compile(r"Epoch time: ([0-9.]+) s")
 _EPOCH_OR_TIME = re.compile(r": Epoch (\d+)\s*$|Epoch time: ([0-9.]+) s", re.M)
@@ -54,6 +54,16 @@ def seconds_per_epoch(output_folder: str) -> Dict[int, float]:
                     seconds[epoch] = float(m.group(2))
                     epoch = None
     return seconds
+
+
+def validation_dice(output_folder: str) -> Optional[float]:
+    """Mean Dice over the foreground labels of nnU-Net's final validation of a run (its
+    ``validation/summary.json``); None when the run has not been validated."""
+    path = os.path.join(output_folder, "validation", "summary.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return float(json.load(f)["foreground_mean"]["Dice"])
 
 
 def measured_step_ratio(cost_file: str, trainer: str, baseline: str) -> float:

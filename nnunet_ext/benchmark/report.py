@@ -208,6 +208,38 @@ def markdown(summary: Sequence[dict], trainers: Sequence[str], label_names: Dict
     return "\n".join(lines) + "\n"
 
 
+def validation_lines(results: Sequence[dict], trainers: Sequence[str], baseline: str) -> List[str]:
+    """Table of nnU-Net's own final validation (mean Dice over organs on the fold's validation cases, ×100) per
+    trainer and labeled fraction: mean ± std over seeds, and the paired gain over the baseline on the seeds both
+    have. ``results`` are the runs' metrics with ``validation_dice`` where known; [] when no run has one.
+
+    These cases, not the test cases, are where a user of nnU-Net compares and chooses trainers."""
+    known = {(r["trainer"], float(r["fraction"]), int(r["seed"])): float(r["validation_dice"])
+             for r in results if r.get("validation_dice") is not None}
+    if not known:
+        return []
+    fractions = sorted({f for _, f, _ in known})
+    lines = ["", "nnU-Net's final validation (mean Dice over organs on the validation cases, ×100; mean ± std over "
+             f"seeds; in brackets the paired gain over {baseline} on the seeds both have):", "",
+             "| trainer | " + " | ".join(f"{f:.0%}" for f in fractions) + " |", "|---|" + "---|" * len(fractions)]
+    for t in trainers:
+        cells = []
+        for f in fractions:
+            seeds = {s: d for (tt, ff, s), d in known.items() if tt == t and ff == f}
+            if not seeds:
+                cells.append("—")
+                continue
+            cell = _pm(*_mean_std(list(seeds.values())), 100)
+            base = {s: d for (tt, ff, s), d in known.items() if tt == baseline and ff == f}
+            common = sorted(set(seeds) & set(base))
+            if t != baseline and common:
+                cell += f" ({100 * float(np.mean([seeds[s] - base[s] for s in common])):+.1f})"
+            cells.append(cell)
+        if any(c != "—" for c in cells):
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _case_comparison_lines(summary, trainers, baseline, rows, by_key, fractions) -> List[str]:
     lines = ["", f"Is the gain more than test-case noise? Per test case, Dice minus {baseline}'s (×100, mean over "
              "the seeds both have run), 95 % bootstrap interval of the mean over cases (BCa, 10,000 resamples), "

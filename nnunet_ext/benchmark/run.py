@@ -346,6 +346,14 @@ class Benchmark:
         return os.path.join(self.pretraining_root(method), self.dataset,
                             f"{method['pretrain']}__nnUNetPlans__{self.settings['configuration']}", "fold_all")
 
+    def pretraining_log(self, method: dict):
+        """The first training log of the pretraining run ``method`` fine-tuned from (its start time names it, also in
+        the archive, where a pretraining made again on another machine is another run); None without one."""
+        from nnunet_ext.benchmark.budget import training_log_files
+
+        logs = training_log_files(self.pretraining_folder(method)) if method.get("pretrain") else []
+        return os.path.basename(logs[0]) if logs else None
+
     def pretrain(self, method: dict) -> tuple:
         """Pretrain once (fold 'all', the step budget of one run, times ``pretrain_epochs_factor`` if given) on the
         pool; returns (checkpoint, seconds).
@@ -411,7 +419,7 @@ class Benchmark:
 
     def run_one(self, method: dict, entry: dict) -> dict:
         """Train, predict and evaluate one (method, fold); cached in ``metrics/``."""
-        from nnunet_ext.benchmark.budget import epoch_seconds, recorded_budget, step_budget
+        from nnunet_ext.benchmark.budget import epoch_seconds, recorded_budget, step_budget, validation_dice
 
         fold, trainer, name = entry["fold"], method["trainer"], method_name(method)
         metrics_file = os.path.join(self.work, "metrics", f"{name}__fold{fold}.json")
@@ -447,7 +455,9 @@ class Benchmark:
         predict_seconds = self.command(predict, f"predict__{name}__fold{fold}.log", results=root)
         logged = epoch_seconds(output)
         result = dict(entry, trainer=name, train_seconds=train_seconds, predict_seconds=predict_seconds,
-                      pretrain=pretraining_name(method) if method.get("pretrain") else None, pretrain_seconds=pretrain_seconds, epochs=epochs,
+                      validation_dice=validation_dice(output),
+                      pretrain=pretraining_name(method) if method.get("pretrain") else None,
+                      pretraining_log=self.pretraining_log(method), pretrain_seconds=pretrain_seconds, epochs=epochs,
                       median_epoch_seconds=statistics.median(logged) if logged else None,
                       time_ratio=time_ratio, budget=budget, cases=self.evaluate(predictions))
         with open(metrics_file + ".tmp", "w") as f:
@@ -493,7 +503,9 @@ class Benchmark:
         report.write_case_csv(rows, os.path.join(out, "results_per_case.csv"))
         report.write_summary_csv(summary, label_names, os.path.join(out, "results_summary.csv"))
         text = report.markdown(summary, trainers, label_names, baseline, rows)
-        text += "\n" + self.cost_table(self.with_training_times(results), trainers, baseline)
+        results = self.with_run_records(results)
+        text += "\n".join(report.validation_lines(results, trainers, baseline)) + "\n"
+        text += "\n" + self.cost_table(results, trainers, baseline)
         if missing:
             text += f"\nNot finished yet, so not in these tables: {'; '.join(missing)}.\n"
         with open(os.path.join(out, "results.md"), "w") as f:
@@ -502,11 +514,13 @@ class Benchmark:
                     title=f"{DATASET_NAME}: {self.settings['epochs'] * self.settings['iterations']} steps per run")
         return text
 
-    def with_training_times(self, results: list) -> list:
-        """The results with what their runs' nnU-Net training logs say of their time: ``epoch_seconds_total``, the
-        sum of the epoch times (each epoch once, also for a resumed run), and ``training_calls``, the number of
-        starts of the training (one log each; a resumed run's ``train_seconds`` covers only its last)."""
-        from nnunet_ext.benchmark.budget import seconds_per_epoch, training_log_files
+    def with_run_records(self, results: list) -> list:
+        """The results with what their runs' nnU-Net records say: from the training logs ``epoch_seconds_total``,
+        the sum of the epoch times (each epoch once, also for a resumed run), and ``training_calls``, the number of
+        starts of the training (one log each; a resumed run's ``train_seconds`` covers only its last); and
+        ``validation_dice`` from nnU-Net's final validation where the metrics predate the field and the run
+        folder is here."""
+        from nnunet_ext.benchmark.budget import seconds_per_epoch, training_log_files, validation_dice
 
         methods = {method_name(m): m for m in self.trainers}
         timed = []
@@ -518,8 +532,12 @@ class Benchmark:
             folder = self.training_logs(method, r["fold"])
             per_epoch = seconds_per_epoch(folder)
             complete = per_epoch and len(per_epoch) == r.get("epochs")
+            validation = r.get("validation_dice")
+            if validation is None:
+                validation = validation_dice(self.output_folder(method, r["fold"]))
             timed.append(dict(r, training_calls=len(training_log_files(folder)) or None,
-                              epoch_seconds_total=sum(per_epoch.values()) if complete else None))
+                              epoch_seconds_total=sum(per_epoch.values()) if complete else None,
+                              validation_dice=validation))
         return timed
 
     @staticmethod
