@@ -4,8 +4,9 @@
 # 10 % labels seed by seed for the baseline and the methods with a target, the ablations (at 10 %) on seed 0,
 # 20 % labels and the 100 %-label baseline it is compared with, the ablations' other seeds, the methods at 100 %,
 # and the equal-wall-clock rows; on the CPU grid the runs longer than a session go last (long_runs, below). Every
-# step is one nnUNetv2_ext_benchmark call on the same work folder, so running this script again (after a reboot, or in the next session) skips finished runs, resumes the interrupted one
-# from its last checkpoint and goes on from there. Stops at the first failure.
+# step is one nnUNetv2_ext_benchmark call on the same work folder, so running this script again (after a reboot,
+# or in the next session) skips finished runs, resumes the interrupted one from its last checkpoint and goes on
+# from there. Stops at the first failure.
 # Every finished run's results also go to the archive folder in the repository (metrics and training logs, a few
 # hundred kB per run; commit it): a machine whose work folder is lost between sessions regenerates the data,
 # takes the archived runs and goes on with the first missing one. Before such a machine goes, keep the started
@@ -62,10 +63,11 @@ long_runs=(VolumeFusion+nnUNetTrainerSimCVDMedContext VolumeFusion4xSteps+nnUNet
            nnUNetTrainer_sameTimeAs_SimCVDMedContext)
 pass=all
 
-is_long() {
+# the pass a trainer belongs to: long or short
+pass_of() {
     local run
-    for run in "${long_runs[@]}"; do [[ "$run" == "$1" ]] && return 0; done
-    return 1
+    for run in "${long_runs[@]}"; do [[ "$run" == "$1" ]] && { echo long; return; }; done
+    echo short
 }
 
 # one nnUNetv2_ext_benchmark call: the options, then -tr TRAINER...; only the trainers of this pass, none: no call
@@ -75,10 +77,7 @@ step() {
     if [[ $# -gt 0 ]]; then
         shift
         for trainer in "$@"; do
-            if [[ "$pass" == all ]] || { [[ "$pass" == long ]] && is_long "$trainer"; } \
-                    || { [[ "$pass" == short ]] && ! is_long "$trainer"; }; then
-                trainers+=("$trainer")
-            fi
+            if [[ "$pass" == all || "$pass" == "$(pass_of "$trainer")" ]]; then trainers+=("$trainer"); fi
         done
         [[ ${#trainers[@]} -gt 0 ]] || return 0
         options+=(-tr "${trainers[@]}")

@@ -143,8 +143,12 @@ def check_data(archive: str, fingerprint: dict) -> None:
             f"settings, so the generator or a library it uses draws differently on this machine)")
 
 
+def _training_logs(folder: str) -> List[str]:
+    return sorted(glob.glob(os.path.join(folder, "training_log_*.txt")))
+
+
 def _copy_training_logs(source_folder: str, target_folder: str) -> None:
-    for log in sorted(glob.glob(os.path.join(source_folder, "training_log_*.txt"))):
+    for log in _training_logs(source_folder):
         _copy(log, os.path.join(target_folder, os.path.basename(log)))
 
 
@@ -239,7 +243,7 @@ def pretraining_runs(archive: str, trainer: str) -> List[str]:
 
 
 def _log_names(folder: str) -> set:
-    return {os.path.basename(p) for p in glob.glob(os.path.join(folder, "training_log_*.txt"))}
+    return {os.path.basename(p) for p in _training_logs(folder)}
 
 
 def store_pretraining(archive: str, trainer: str, output_folder: str) -> str:

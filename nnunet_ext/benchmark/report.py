@@ -231,9 +231,9 @@ def validation_lines(results: Sequence[dict], trainers: Sequence[str], baseline:
                 continue
             cell = _pm(*_mean_std(list(seeds.values())), 100)
             base = {s: d for (tt, ff, s), d in known.items() if tt == baseline and ff == f}
-            common = sorted(set(seeds) & set(base))
+            gain, common = paired_gain({"seed_dice": seeds}, {"seed_dice": base})
             if t != baseline and common:
-                cell += f" ({100 * float(np.mean([seeds[s] - base[s] for s in common])):+.1f})"
+                cell += f" ({100 * gain:+.1f})"
             cells.append(cell)
         if any(c != "—" for c in cells):
             lines.append(f"| {t} | " + " | ".join(cells) + " |")
