@@ -519,6 +519,34 @@ def test_runs_side_by_side_keep_their_dependencies_and_the_limit(monkeypatch, tm
     assert max(e[2] for e in events if e[0] == "start") == 1
 
 
+def test_the_one_run_left_to_train_gets_every_core(monkeypatch, tmp_path):
+    # a call whose other runs finished earlier trains its last run alone: one thread per run would idle a core
+    from nnunet_ext.benchmark.run import Benchmark, benchmark_methods, method_name
+
+    methods = {method_name(m): m for m in benchmark_methods()}
+    names = ["nnUNetTrainer", "nnUNetTrainerMedContext", "nnUNetTrainerSimCVD"]
+    b = Benchmark(str(tmp_path), dict(configuration="3d_small", epochs=4), [methods[n] for n in names], "cpu", 0,
+                  parallel=2)
+    jobs = [(methods[n], dict(fold=1, fraction=0.1, seed=0)) for n in names]
+    threads = {}
+
+    def record_threads(self, method, entry):
+        threads[method_name(method)] = self.env(training=True).get("OMP_NUM_THREADS")
+        return {}
+
+    monkeypatch.setattr(Benchmark, "run_and_keep", record_threads)
+    os.makedirs(os.path.join(str(tmp_path), "metrics"), exist_ok=True)
+    for name in names[:2]:
+        open(b.metrics_path(methods[name], 1), "w").close()
+    b.run_jobs(jobs)
+    assert threads["nnUNetTrainerSimCVD"] == os.environ.get("OMP_NUM_THREADS")
+    # two left: side by side, the cores shared out
+    os.remove(b.metrics_path(methods["nnUNetTrainerMedContext"], 1))
+    b.run_jobs(jobs)
+    shared = str(max(1, os.cpu_count() // 2))
+    assert threads["nnUNetTrainerSimCVD"] == threads["nnUNetTrainerMedContext"] == shared
+
+
 def test_a_failed_run_side_by_side_stops_the_other_training(monkeypatch, tmp_path):
     import subprocess
     import sys

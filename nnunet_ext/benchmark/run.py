@@ -400,13 +400,17 @@ class Benchmark:
                 f"--epochs/--iterations/--val-iterations it was made with.")
 
     # ------------------------------------------------------------ one run
+    def metrics_path(self, method: dict, fold) -> str:
+        """Where a finished run of ``method`` on ``fold`` keeps its metrics (the run is finished when it exists)."""
+        return os.path.join(self.work, "metrics", f"{method_name(method)}__fold{fold}.json")
+
     def finished_run(self, method: dict, fold, epochs=None):
         """The metrics of a finished run of ``method`` on ``fold`` (None if there are none), after checking that
         it was trained with ``epochs`` epochs of this benchmark's steps (``None``: the epochs it recorded)."""
         from nnunet_ext.benchmark.budget import recorded_budget, step_budget
 
         name, s = method_name(method), self.settings
-        metrics_file = os.path.join(self.work, "metrics", f"{name}__fold{fold}.json")
+        metrics_file = self.metrics_path(method, fold)
         if not os.path.isfile(metrics_file):
             return None
         with open(metrics_file) as f:
@@ -422,7 +426,7 @@ class Benchmark:
         from nnunet_ext.benchmark.budget import epoch_seconds, recorded_budget, step_budget, validation_dice
 
         fold, trainer, name = entry["fold"], method["trainer"], method_name(method)
-        metrics_file = os.path.join(self.work, "metrics", f"{name}__fold{fold}.json")
+        metrics_file = self.metrics_path(method, fold)
         s = self.settings
         root = self.results_root(method)
         output = self.output_folder(method, fold)
@@ -668,7 +672,9 @@ class Benchmark:
 
         from nnunet_ext.benchmark.processes import stop_children
 
-        at_once = min(self.parallel, len(jobs))
+        # finished runs are only read back: the cores go to the runs left to train (one left: all of them)
+        to_train = sum(not os.path.isfile(self.metrics_path(method, entry["fold"])) for method, entry in jobs)
+        at_once = min(self.parallel, max(1, to_train))
         dependencies = self.job_dependencies(jobs)
         results, pending, running, done = [None] * len(jobs), list(range(len(jobs))), {}, set()
         if self.device == "cpu" and at_once > 1:
