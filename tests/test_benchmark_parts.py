@@ -1140,6 +1140,22 @@ def test_paired_case_comparison_averages_seeds_per_case_and_says_when_undefined(
     assert "| method | 10% | 0, 1 | +5.0 |" in text and "1 of 2 |" in text
 
 
+def test_gain_per_organ_pairs_seeds_against_hand_computation():
+    """Two organs, two seeds of the baseline, one of them shared with the method: organ 1 gains +20 and +0 points
+    on cases a and b (mean +10), organ 2 loses 10 on both; the baseline's unshared seed does not count."""
+    from nnunet_ext.benchmark import report
+
+    rows = (_case_rows("base", {"a": (0.5, 0.6), "b": (0.7, 0.8)}, seed=0)
+            + _case_rows("base", {"a": (0.1, 0.1), "b": (0.1, 0.1)}, seed=1)
+            + _case_rows("method", {"a": (0.7, 0.5), "b": (0.7, 0.7)}, seed=0))
+    lines = report.organ_gain_lines(rows, ["base", "method"], "base", {1: "liver", 2: "spleen"})
+    assert "| trainer | seeds | liver | spleen |" in lines
+    assert "| method | 0 | +10.0 (1/1) | -10.0 (0/1) |" in lines
+    text = report.markdown(report.summarise(rows), ["base", "method"], {1: "liver", 2: "spleen"}, "base", rows)
+    assert "Gain per organ over base at 10% labels" in text
+    assert report.organ_gain_lines([r for r in rows if r["trainer"] == "base"], ["base"], "base", {1: "liver"}) == []
+
+
 def test_longer_pretraining_is_a_run_of_its_own(tmp_path):
     """A method with "pretrain_epochs_factor" pretrains in its own results folder, under its own archive name,
     with that many times the epochs; the one-budget pretraining is left alone."""
