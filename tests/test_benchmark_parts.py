@@ -1148,9 +1148,12 @@ def test_gain_per_organ_pairs_seeds_against_hand_computation():
     rows = (_case_rows("base", {"a": (0.5, 0.6), "b": (0.7, 0.8)}, seed=0)
             + _case_rows("base", {"a": (0.1, 0.1), "b": (0.1, 0.1)}, seed=1)
             + _case_rows("method", {"a": (0.7, 0.5), "b": (0.7, 0.7)}, seed=0))
+    rows[-1]["hd95"] = 3.0  # the method's spleen on case b: 2 mm further off, so its mean over a and b 1 mm worse
     lines = report.organ_gain_lines(rows, ["base", "method"], "base", {1: "liver", 2: "spleen"})
     assert "| trainer | seeds | liver | spleen |" in lines
     assert "| method | 0 | +10.0 (1/1) | -10.0 (0/1) |" in lines
+    assert "| method | 0 | +0.0 (0/1) | +1.0 (0/1) |" in lines  # HD95: neither organ better
+    assert any("HD95 in mm, lower is better" in line for line in lines)
     text = report.markdown(report.summarise(rows), ["base", "method"], {1: "liver", 2: "spleen"}, "base", rows)
     assert "Gain per organ over base at 10% labels" in text
     assert report.organ_gain_lines([r for r in rows if r["trainer"] == "base"], ["base"], "base", {1: "liver"}) == []

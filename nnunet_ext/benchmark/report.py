@@ -29,14 +29,16 @@ def run_means(rows: Sequence[dict]) -> Dict[tuple, dict]:
         grouped[(row["trainer"], float(row["fraction"]), int(row["seed"]))].append(row)
     result = {}
     for key, run_rows in grouped.items():
-        per_label = defaultdict(list)
+        per_label, hd95_per_label = defaultdict(list), defaultdict(list)
         for row in run_rows:
             per_label[int(row["label"])].append(float(row["dice"]))
+            hd95_per_label[int(row["label"])].append(float(row["hd95"]))
         result[key] = {
             "num_labeled": int(run_rows[0]["num_labeled"]),
             "dice": _nanmean(float(r["dice"]) for r in run_rows),
             "hd95": _nanmean(float(r["hd95"]) for r in run_rows),
             "dice_per_label": {label: _nanmean(v) for label, v in sorted(per_label.items())},
+            "hd95_per_label": {label: _nanmean(v) for label, v in sorted(hd95_per_label.items())},
         }
     return result
 
@@ -212,34 +214,36 @@ def markdown(summary: Sequence[dict], trainers: Sequence[str], label_names: Dict
 
 def organ_gain_lines(rows: Sequence[dict], trainers: Sequence[str], baseline: str,
                      label_names: Dict[int, str]) -> List[str]:
-    """Per labeled fraction, each trainer's gain over the baseline organ by organ: the mean over the seeds both
-    have run of the paired difference in the organ's mean Dice over the test cases (×100), and on how many of
-    those seeds it is positive. Where a method gains or loses, which the spread over seeds of the per-organ
-    table above hides; [] when no trainer shares a seed with the baseline."""
+    """Per labeled fraction, each trainer's gain over the baseline organ by organ, in Dice and in HD95: the mean
+    over the seeds both have run of the paired difference in the organ's mean over the test cases (Dice ×100;
+    HD95 in mm over the cases where the organ is found), and on how many of those seeds the method is better
+    (higher Dice, lower HD95). Where a method gains or loses, which the spread over seeds of the per-organ table
+    hides; [] when no trainer shares a seed with the baseline."""
     runs = run_means(rows)
     labels = sorted(label_names)
     lines = []
     for f in sorted({fraction for _, fraction, _ in runs}):
         base = {seed: v for (t, ff, seed), v in runs.items() if t == baseline and ff == f}
-        table = []
-        for t in trainers:
-            own = {seed: v for (tt, ff, seed), v in runs.items() if tt == t and ff == f}
-            common = sorted(set(own) & set(base))
-            if t == baseline or not common:
-                continue
-            cells = []
-            for label in labels:
-                diffs = [own[s]["dice_per_label"].get(label, math.nan) - base[s]["dice_per_label"].get(label, math.nan)
-                         for s in common]
-                diffs = [d for d in diffs if not math.isnan(d)]
-                cells.append(f"{100 * np.mean(diffs):+.1f} ({sum(d > 0 for d in diffs)}/{len(diffs)})" if diffs
-                             else "n/a")
-            table.append(f"| {t} | {', '.join(str(s) for s in common)} | " + " | ".join(cells) + " |")
-        if table:
-            lines += ["", f"Gain per organ over {baseline} at {f:.0%} labels (Dice points, mean over the seeds both "
-                      "have run of the paired difference; in brackets on how many of those seeds it is positive):",
-                      "", "| trainer | seeds | " + " | ".join(label_names[label] for label in labels) + " |",
-                      "|---|---|" + "---|" * len(labels)] + table
+        for key, what, scale, sign in (("dice_per_label", "Dice points", 100, 1),
+                                       ("hd95_per_label", "HD95 in mm, lower is better", 1, -1)):
+            table = []
+            for t in trainers:
+                own = {seed: v for (tt, ff, seed), v in runs.items() if tt == t and ff == f}
+                common = sorted(set(own) & set(base))
+                if t == baseline or not common:
+                    continue
+                cells = []
+                for label in labels:
+                    diffs = [own[s][key].get(label, math.nan) - base[s][key].get(label, math.nan) for s in common]
+                    diffs = [d for d in diffs if not math.isnan(d)]
+                    cells.append(f"{scale * np.mean(diffs):+.1f} ({sum(sign * d > 0 for d in diffs)}/{len(diffs)})"
+                                 if diffs else "n/a")
+                table.append(f"| {t} | {', '.join(str(s) for s in common)} | " + " | ".join(cells) + " |")
+            if table:
+                lines += ["", f"Gain per organ over {baseline} at {f:.0%} labels ({what}; mean over the seeds both "
+                          "have run of the paired difference; in brackets on how many of those seeds the method is "
+                          "better):", "", "| trainer | seeds | " + " | ".join(label_names[label] for label in labels)
+                          + " |", "|---|---|" + "---|" * len(labels)] + table
     return lines
 
 
